@@ -139,3 +139,13 @@ char *tl__buf_steal(tl__buf *b, size_t *len)
   *b = TL__BUF_INIT;
   return out;
 }
+
+char *tl__strndup(const char *s, size_t n)
+{
+  char *p = malloc(n + 1);
+  if (p) {
+    memcpy(p, s, n);
+    p[n] = '\0';
+  }
+  return p;
+}

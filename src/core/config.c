@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core_int.h"
 #include "trellis/config.h"
 #include "trellis/error.h"
 
@@ -260,7 +261,7 @@ int tl_config_overlay_environ(tl_config *cfg)
      * configuration; skipping them keeps every key reachable by set/get. */
     if (!key_valid(*ep, klen))
       continue;
-    char *k = strndup(*ep, klen);
+    char *k = tl__strndup(*ep, klen);
     char *v = strdup(eq + 1);
     if (!k || !v) {
       free(k);
@@ -379,7 +380,7 @@ static int lookup(const struct tl__parser *ps, const char *name, size_t len,
     *value = ps->cfg->items[i].value;
     return 0;
   }
-  char *z = strndup(name, len);
+  char *z = tl__strndup(name, len);
   if (!z)
     return tl_error_set(TL_ENOMEM, "config: out of memory");
   *value = getenv(z);
@@ -625,7 +626,7 @@ static int parse_line(struct tl__parser *ps)
     free(value.data);
     return rc;
   }
-  char *k = strndup(key, klen);
+  char *k = tl__strndup(key, klen);
   char *v = vbuf_take(&value);
   if (!k || !v) {
     free(k);
@@ -1130,7 +1131,7 @@ int tl_config_list(const tl_config *cfg, const char *key, const char *def,
     while (b > a && (is_hspace(b[-1]) || b[-1] == '\r' || b[-1] == '\n'))
       b--;
     if (b > a) {
-      list[n] = strndup(a, (size_t)(b - a));
+      list[n] = tl__strndup(a, (size_t)(b - a));
       if (!list[n]) {
         tl_config_list_free(list);
         return tl_error_set(TL_ENOMEM, "config: out of memory");

@@ -40,4 +40,8 @@ static inline void tl__buf_free(tl__buf *b)
  * stack). Returns NULL on failure. The caller frees with tl_free(). */
 char *tl__buf_steal(tl__buf *b, size_t *len);
 
+/* A NUL-terminated copy of the `n` bytes at `s` (which need not be
+ * NUL-terminated, unlike strndup's contract). NULL when out of memory. */
+char *tl__strndup(const char *s, size_t n);
+
 #endif
