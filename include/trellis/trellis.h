@@ -11,6 +11,7 @@
 #include "resilience.h"
 #include "process.h"
 #include "http.h"
+#include "db.h"
 
 #ifdef __cplusplus
 extern "C" {
