@@ -778,17 +778,27 @@ static size_t url_mask(const char *url, char *buf, size_t size)
   size_t slen = scheme_len(url);
   /* Without a scheme, "user:pass@host" is still masked. */
   const char *start = slen ? url + slen + 3 : url;
-  /* user:password@host: the user part holds neither '@' nor '/', so the
-   * password starts at the first ':' before the first '@'. It ends at the
-   * last '@' of the authority that follows, so a password containing '@'
-   * or '/' is still hidden whole. */
-  const char *at = strchr(start, '@');
+  /* As URL parsers read it, the user info ends at the last '@' before
+   * the path, and the password starts at its first ':'. When no '@' comes
+   * before the path, a password holding '/' may have cut the authority
+   * short: then the password starts at the first ':' before the first '@'
+   * and ends at the last '@' of the authority that follows. Either way
+   * everything a parser could take for the password is hidden. */
+  const char *auth_end = start + strcspn(start, "/?#");
+  const char *at = NULL;
+  for (const char *q = start; q < auth_end; q++)
+    if (*q == '@')
+      at = q;
   const char *colon = at ? memchr(start, ':', (size_t)(at - start)) : NULL;
-  if (colon) {
-    const char *auth_end = at + strcspn(at, "/?#");
-    for (const char *q = at + 1; q < auth_end; q++)
-      if (*q == '@')
-        at = q;
+  if (!at) {
+    at = strchr(start, '@');
+    colon = at ? memchr(start, ':', (size_t)(at - start)) : NULL;
+    if (colon) {
+      const char *end2 = at + strcspn(at, "/?#");
+      for (const char *q = at + 1; q < end2; q++)
+        if (*q == '@')
+          at = q;
+    }
   }
   size_t head = colon ? (size_t)(colon + 1 - url) : n;
   size_t total = colon ? head + 3 + strlen(at) : n;

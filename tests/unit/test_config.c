@@ -1062,6 +1062,9 @@ static void test_url_mask(void **state)
   expect_mask("postgres://u:p@h/db?email=a@b", "postgres://u:***@h/db?email=a@b");
   expect_mask("postgres://u:@h/db", "postgres://u:***@h/db");
   expect_mask("u:secret@h:5432", "u:***@h:5432");
+  /* An '@' in the user name: the password is what a URL parser takes,
+   * after the first ':' of the user info that ends at the last '@'. */
+  expect_mask("postgres://us@er:secret@h:5432/db", "postgres://us@er:***@h:5432/db");
   /* No password: unchanged. */
   expect_mask("postgres://user@host:5432/db", "postgres://user@host:5432/db");
   expect_mask("postgres://host:5432/db", "postgres://host:5432/db");
