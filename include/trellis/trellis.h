@@ -12,6 +12,8 @@
 #include "process.h"
 #include "http.h"
 #include "db.h"
+#include "cron.h"
+#include "jobs.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -10,6 +10,7 @@ static const struct {
   const char *summary;
 } commands[] = {
   { "version", cli_cmd_version, "print the version and build commit" },
+  { "cron", cli_cmd_cron, "cron schedules: trellis cron next EXPR [--from ISO8601] [--count N] [--tz ZONE]" },
   { "db", cli_cmd_db, "databases: trellis db ping|query|migrate [--url URL] (see docs/database.md)" },
   { "health", cli_cmd_health, "check a service's readiness: trellis health [URL] [--timeout DURATION]" },
 };
