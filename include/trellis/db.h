@@ -373,6 +373,30 @@ int tl_db_migrations_register(const char *set, const tl_migration *list,
  * `*applied` (may be NULL) gets the count applied by this call. */
 int tl_db_migrate(tl_db *db, const char *set, int *applied);
 
+/* ---- notifications (PostgreSQL LISTEN/NOTIFY) ------------------------ */
+
+/* A connection of its own, subscribed to one channel. One thread uses a
+ * listener at a time. */
+typedef struct tl_db_listener tl_db_listener;
+
+/* LISTEN on `channel` (an identifier: letters, digits, '_'). Returns 0,
+ * TL_EUNSUPP on databases without LISTEN/NOTIFY (poll there instead),
+ * TL_EINVAL, or a connection error. Close with tl_db_listener_close(). */
+int tl_db_listen(tl_db *db, const char *channel, tl_db_listener **out);
+
+/* Wait up to `timeout_us` for a notification: 1 with its payload copied
+ * (truncated to `size`), 0 on timeout, TL_ECONNECT when the connection
+ * was lost (the next call reconnects; notifications sent meanwhile are
+ * gone, so re-read the state you were waiting on). */
+int tl_db_listener_wait(tl_db_listener *l, int64_t timeout_us, char *payload,
+                        size_t size);
+void tl_db_listener_close(tl_db_listener *l);
+
+/* NOTIFY `channel` with `payload` (delivered when the statement commits;
+ * inside a transaction use "SELECT pg_notify($1, $2)" on it). Elsewhere
+ * it does nothing and returns 0. */
+int tl_db_notify(tl_db *db, const char *channel, const char *payload);
+
 /* ---- MongoDB documents ----------------------------------------------- */
 
 /* Documents are JSON text in and out (MongoDB Extended JSON, relaxed:

@@ -215,6 +215,12 @@ struct tl__backend {
   int (*next)(tl_rows *r);            /* 1 row, 0 end, <0 error */
   int (*get)(tl_rows *r, int col, tl_value *out);
   void (*rows_close)(tl_rows *r);     /* discard the rest */
+  /* LISTEN/NOTIFY (PostgreSQL only; NULL elsewhere). listen subscribes
+   * the connection to a channel (a checked identifier); wait_notify waits
+   * up to timeout_us: 1 with the payload copied, 0 on timeout, <0 when
+   * the connection broke. */
+  int (*listen)(tl_conn *c, const char *channel);
+  int (*wait_notify)(tl_conn *c, int64_t timeout_us, char *payload, size_t size);
   /* Documents (MongoDB only; NULL elsewhere). */
   int (*db_open)(tl_db *db, const tl_db_config *cfg);
   void (*db_close)(tl_db *db);

@@ -6,6 +6,8 @@
  * run with TimeZone UTC. */
 #include <endian.h>
 #include <libpq-fe.h>
+#include <poll.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -572,6 +574,48 @@ static void pg_rows_close(tl_rows *r)
   p->busy = false;
 }
 
+/* ---- LISTEN/NOTIFY ------------------------------------------------------ */
+
+static int pg_listen(tl_conn *c, const char *channel)
+{
+  char sql[128];
+  /* The front end checked that the channel is a plain identifier. */
+  snprintf(sql, sizeof sql, "LISTEN \"%s\"", channel);
+  return pg_exec_simple(c, sql);
+}
+
+static int pg_wait_notify(tl_conn *c, int64_t timeout_us, char *payload, size_t size)
+{
+  pg_conn *p = PG(c);
+  int64_t deadline = tl_time_mono_us() + (timeout_us > 0 ? timeout_us : 0);
+  for (;;) {
+    if (!PQconsumeInput(p->pg)) {
+      c->broken = true;
+      return tl__db_fail(TL_DB_ERR_CONNECTION_LOST, "postgres listener: %s",
+                         PQerrorMessage(p->pg));
+    }
+    PGnotify *n = PQnotifies(p->pg);
+    if (n) {
+      if (size) snprintf(payload, size, "%s", n->extra ? n->extra : "");
+      PQfreemem(n);
+      return 1;
+    }
+    int64_t left = deadline - tl_time_mono_us();
+    if (left <= 0) return 0;
+    struct pollfd pfd = { .fd = PQsocket(p->pg), .events = POLLIN };
+    if (pfd.fd < 0) {
+      c->broken = true;
+      return tl__db_fail(TL_DB_ERR_CONNECTION_LOST, "postgres listener: no socket");
+    }
+    int r = poll(&pfd, 1, (int)((left + 999) / 1000));
+    if (r < 0 && errno != EINTR) {
+      c->broken = true;
+      return tl__db_fail(TL_DB_ERR_CONNECTION_LOST, "postgres listener: poll: %s",
+                         strerror(errno));
+    }
+  }
+}
+
 const tl__backend tl__postgres_backend = {
   .name = "postgres",
   .dialect = TL_DB_POSTGRES,
@@ -590,4 +634,6 @@ const tl__backend tl__postgres_backend = {
   .next = pg_next,
   .get = pg_get,
   .rows_close = pg_rows_close,
+  .listen = pg_listen,
+  .wait_notify = pg_wait_notify,
 };

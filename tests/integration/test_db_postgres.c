@@ -299,6 +299,53 @@ static int mig_child(const char *url, const char *tag)
   return rc ? 100 : applied;
 }
 
+static void listen_notify_and_reconnect(void **state)
+{
+  (void)state;
+  char name[32], chan[48], payload[64];
+  snprintf(name, sizeof name, "notify%d", (int)getpid());
+  snprintf(chan, sizeof chan, "trellis_test_%d", (int)getpid());
+  tl_db *db = open_named(name, 2, NULL);
+  tl_db_listener *l = NULL;
+  assert_int_equal(tl_db_listen(db, "bad-channel; DROP", &l), TL_EINVAL);
+  assert_int_equal(tl_db_listen(db, chan, &l), 0);
+
+  /* Nothing sent: a timeout, after about the time asked. */
+  int64_t t0 = tl_time_mono_us();
+  assert_int_equal(tl_db_listener_wait(l, 200000, payload, sizeof payload), 0);
+  assert_true(tl_time_mono_us() - t0 >= 190000);
+
+  assert_int_equal(tl_db_notify(db, chan, "hello"), 0);
+  assert_int_equal(tl_db_listener_wait(l, 5000000, payload, sizeof payload), 1);
+  assert_string_equal(payload, "hello");
+
+  /* Sent inside a transaction: delivered at commit, not before. */
+  tl_tx *tx;
+  assert_int_equal(tl_db_begin(db, &tx), 0);
+  assert_int_equal(tl_tx_exec(tx, NULL, "SELECT pg_notify($1, $2)",
+                              TL_ARGS(tl_text(chan), tl_text("in-tx"))), 0);
+  assert_int_equal(tl_db_listener_wait(l, 200000, payload, sizeof payload), 0);
+  assert_int_equal(tl_tx_commit(tx), 0);
+  assert_int_equal(tl_db_listener_wait(l, 5000000, payload, sizeof payload), 1);
+  assert_string_equal(payload, "in-tx");
+
+  /* The server kills the listener's connection: the loss is reported
+   * once, then the listener subscribes again and hears new messages. */
+  tl_db *admin = open_named("admin", 1, NULL);
+  char app[96];
+  snprintf(app, sizeof app, "trellis-%s-listener", name);
+  assert_int_equal(tl_db_exec(admin, NULL, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE application_name = $1", TL_ARGS(tl_text(app))), 0);
+  tl_db_close(admin);
+  assert_int_equal(tl_db_listener_wait(l, 5000000, payload, sizeof payload), TL_ECONNECT);
+  assert_int_equal(tl_db_listener_wait(l, 100000, payload, sizeof payload), 0);
+  assert_int_equal(tl_db_notify(db, chan, "after"), 0);
+  assert_int_equal(tl_db_listener_wait(l, 5000000, payload, sizeof payload), 1);
+  assert_string_equal(payload, "after");
+  tl_db_listener_close(l);
+  tl_db_close(db);
+}
+
 static void three_processes_migrate_once(void **state)
 {
   (void)state;
@@ -342,6 +389,7 @@ int main(int argc, char **argv)
     cmocka_unit_test_setup(pg_specific_sql, dbc_clean),
     cmocka_unit_test_setup(replicas_round_robin_and_fallback, dbc_clean),
     cmocka_unit_test_setup(three_processes_migrate_once, dbc_clean),
+    cmocka_unit_test_setup(listen_notify_and_reconnect, dbc_clean),
   };
   dbc_url = pg_url;
   failed += cmocka_run_group_tests_name("db_postgres", tests, dbc_setup, dbc_teardown);

@@ -106,6 +106,23 @@ static void pragmas_and_expression_types(void **state)
   tl_db_close(db);
 }
 
+static void notify_is_postgres_only(void **state)
+{
+  (void)state;
+  tl_db *db;
+  tl_db_config cfg = { .url = "sqlite::memory:" };
+  assert_int_equal(tl_db_connect(&db, &cfg), 0);
+  tl_db_listener *l = NULL;
+  assert_int_equal(tl_db_listen(db, "events", &l), TL_EUNSUPP);
+  assert_null(l);
+  assert_non_null(strstr(tl_error_last(), "poll"));
+  /* Nobody can listen, so notifying is a successful no-op... */
+  assert_int_equal(tl_db_notify(db, "events", "x"), 0);
+  /* ...but a bad channel is still an error. */
+  assert_int_equal(tl_db_notify(db, "no spaces", "x"), TL_EINVAL);
+  tl_db_close(db);
+}
+
 static void statement_timeout(void **state)
 {
   (void)state;
@@ -328,6 +345,7 @@ int main(void)
     cmocka_unit_test(memory_database),
     cmocka_unit_test(pragmas_and_expression_types),
     cmocka_unit_test(statement_timeout),
+    cmocka_unit_test(notify_is_postgres_only),
     cmocka_unit_test(bad_urls),
     cmocka_unit_test(config_from),
     cmocka_unit_test(sql_on_documents_and_docs_on_sql),
