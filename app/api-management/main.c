@@ -92,6 +92,8 @@ int main(int argc, char **argv)
   };
   tl_http_server *srv = NULL;
   int rc = tl_http_server_new(&srv, &hc);
+  if (rc == 0)
+    rc = tl_metrics_register_process(tl_metrics_default());
   if (rc == 0 && s.debug_routes)
     rc = tl_http_route(srv, "GET", "/debug/sleep", debug_sleep, NULL);
   if (rc == 0)

@@ -73,6 +73,14 @@ double tl_series_value(const tl_series *s);
  * TL_ENOMEM. */
 int tl_metrics_on_collect(tl_metrics *reg, void (*fn)(void *ctx), void *ctx);
 
+/* Register the standard process metrics into `reg`, read from /proc/self
+ * before each render: process_resident_memory_bytes, _virtual_memory_bytes,
+ * _open_fds, _max_fds, _threads, _start_time_seconds, _cpu_seconds_total,
+ * and trellis_build_info{version,commit} 1. Call once per registry (again
+ * does nothing). Returns 0, TL_EINVAL (NULL registry, a name already taken
+ * with another type) or TL_ENOMEM. Any thread. */
+int tl_metrics_register_process(tl_metrics *reg);
+
 /* Render every family, sorted by name, series in creation order, as
  * Prometheus text 0.0.4. `*out` is NUL-terminated; free with tl_free().
  * Returns 0 or TL_ENOMEM. Any thread. */
