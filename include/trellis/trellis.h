@@ -14,6 +14,7 @@
 #include "db.h"
 #include "cron.h"
 #include "jobs.h"
+#include "mq.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -13,6 +13,7 @@ static const struct {
   { "cron", cli_cmd_cron, "cron schedules: trellis cron next EXPR [--from ISO8601] [--count N] [--tz ZONE]" },
   { "db", cli_cmd_db, "databases: trellis db ping|query|migrate [--url URL] (see docs/database.md)" },
   { "health", cli_cmd_health, "check a service's readiness: trellis health [URL] [--timeout DURATION]" },
+  { "mq", cli_cmd_mq, "messaging: trellis mq pub SUBJECT DATA | mq sub PATTERN (see docs/messaging.md)" },
 };
 
 static void usage(FILE *out)
