@@ -15,6 +15,8 @@
 #include "cron.h"
 #include "jobs.h"
 #include "mq.h"
+#include "eventstore.h"
+#include "cqrs.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -12,6 +12,7 @@ static const struct {
   { "version", cli_cmd_version, "print the version and build commit" },
   { "cron", cli_cmd_cron, "cron schedules: trellis cron next EXPR [--from ISO8601] [--count N] [--tz ZONE]" },
   { "db", cli_cmd_db, "databases: trellis db ping|query|migrate [--url URL] (see docs/database.md)" },
+  { "events", cli_cmd_events, "event store: trellis events append|read|tail [--url URL] (see docs/event-sourcing.md)" },
   { "health", cli_cmd_health, "check a service's readiness: trellis health [URL] [--timeout DURATION]" },
   { "mq", cli_cmd_mq, "messaging: trellis mq pub SUBJECT DATA | mq sub PATTERN (see docs/messaging.md)" },
 };
