@@ -12,8 +12,10 @@
  *   ...
  *   tl_jobs_close(ex);
  *
- * The store is in memory: jobs live as long as the executor. Every
- * function here may be called from any thread unless it says otherwise. */
+ * The store is in memory, where jobs live as long as the executor, or a
+ * database (tl_jobs_config.db): a durable queue shared by every executor
+ * using it (docs/jobs.md, "Durable queue"). Every function here may be
+ * called from any thread unless it says otherwise. */
 #ifndef TRELLIS_JOBS_H
 #define TRELLIS_JOBS_H
 
@@ -24,6 +26,7 @@
 #include "clock.h"
 #include "config.h"
 #include "cron.h"
+#include "db.h"
 #include "metrics.h"
 
 #ifdef __cplusplus
@@ -35,6 +38,20 @@ typedef struct tl_job_ctx tl_job_ctx; /* one run of one job */
 
 /* ---- executor ---------------------------------------------------------- */
 
+/* Where jobs are kept. */
+typedef enum tl_jobs_store_type {
+  TL_JOBS_STORE_AUTO = 0, /* the database when `db` is set, else memory */
+  TL_JOBS_STORE_MEMORY,
+  TL_JOBS_STORE_DATABASE  /* requires `db` */
+} tl_jobs_store_type;
+
+/* What a durable executor does at start-up with a schedule's slot that
+ * passed while no replica was running. */
+typedef enum tl_jobs_cron_missed {
+  TL_JOBS_CRON_CATCH_UP_ONE = 0, /* run the latest missed slot once */
+  TL_JOBS_CRON_SKIP              /* wait for the next slot */
+} tl_jobs_cron_missed;
+
 /* Zero fields take the defaults in brackets. tl_jobs_open copies what it
  * needs. */
 typedef struct tl_jobs_config {
@@ -45,8 +62,8 @@ typedef struct tl_jobs_config {
   int64_t poll_us;             /* longest idle sleep before looking again [1 s] */
   int64_t shutdown_timeout_us; /* tl_jobs_close's deadline for running jobs [25 s] */
   int64_t lease_us;            /* a running job's lease, renewed while it runs [5 min] */
-  /* Discarded and cancelled jobs kept for inspection and manual retry,
-   * oldest dropped first [10000]. */
+  /* In memory: discarded and cancelled jobs kept for inspection and
+   * manual retry, oldest dropped first [10000]. */
   unsigned retain_dead;
   const char *cron_tz;         /* default zone of schedules [UTC] */
   bool paused;                 /* open without running jobs until tl_jobs_resume */
@@ -55,19 +72,32 @@ typedef struct tl_jobs_config {
   tl_clock_fn clock;
   void *clock_ctx;
   tl_metrics *metrics;         /* [tl_metrics_default()] */
+  /* The durable store: jobs are rows in this database (SQLite,
+   * PostgreSQL, MySQL/MariaDB), shared by every executor using it; its
+   * schema is migrated by tl_jobs_open. Borrowed: close it after
+   * tl_jobs_close [NULL: in memory]. */
+  tl_db *db;
+  tl_jobs_store_type store;    /* [TL_JOBS_STORE_AUTO] */
+  int64_t retention_us;        /* completed jobs kept in the database [24 h] */
+  tl_jobs_cron_missed cron_missed; /* [TL_JOBS_CRON_CATCH_UP_ONE] */
 } tl_jobs_config;
 
 /* Fill `jc` from JOB_WORKERS (1-1024), JOB_QUEUES, JOB_POLL_INTERVAL,
- * JOB_SHUTDOWN_TIMEOUT, JOB_LEASE, JOB_RETAIN_DEAD and JOB_CRON_TZ (a
- * zone that must load). Strings are borrowed from `cfg` (keep it alive
- * until tl_jobs_open). Returns 0 or TL_EINVAL naming the key and what was
- * expected ("JOB_WORKERS: 'many' is not an integer in [1, 1024]"). */
+ * JOB_SHUTDOWN_TIMEOUT, JOB_LEASE, JOB_RETAIN_DEAD, JOB_CRON_TZ (a zone
+ * that must load), JOB_STORE (memory, database or auto), JOB_RETENTION
+ * and JOB_CRON_MISSED (catch_up_one or skip). `jc->db` stays NULL: the
+ * caller opens the database and sets it. Strings are borrowed from `cfg`
+ * (keep it alive until tl_jobs_open). Returns 0 or TL_EINVAL naming the
+ * key and what was expected ("JOB_WORKERS: 'many' is not an integer in
+ * [1, 1024]"). */
 int tl_jobs_config_from(const tl_config *cfg, tl_jobs_config *jc);
 
-/* Create an executor with its in-memory store and start its threads (no
- * job runs before its kind is registered, nor while paused). `cfg` may
- * be NULL for the defaults. Returns 0, TL_EINVAL naming the field, or
- * TL_ENOMEM. Close with tl_jobs_close(). */
+/* Create an executor with its store and start its threads (no job runs
+ * before its kind is registered, nor while paused). With a database the
+ * jobs schema is migrated first. `cfg` may be NULL for the defaults.
+ * Returns 0, TL_EINVAL naming the field (TL_JOBS_STORE_DATABASE without
+ * a db, a MongoDB db), TL_ENOMEM, or the database's error. Close with
+ * tl_jobs_close(). */
 int tl_jobs_open(tl_jobs **out, const tl_jobs_config *cfg);
 
 /* Graceful shutdown: stop fetching and firing schedules, and wait up to
@@ -156,6 +186,14 @@ typedef struct tl_job_opts {
 int tl_jobs_submit(tl_jobs *ex, const char *kind, const char *args_json,
                    const tl_job_opts *opts);
 
+/* Submit `n` jobs of one kind with the same options, `args[i]` (NULL:
+ * "{}") each, in one round trip where the store allows (a durable store
+ * inserts them in one transaction: all or none). Unique keys and id_out
+ * are refused (TL_EINVAL): use tl_jobs_submit for those. Returns as
+ * tl_jobs_submit. */
+int tl_jobs_submit_many(tl_jobs *ex, const char *kind, const char *const *args, size_t n,
+                        const tl_job_opts *opts);
+
 /* ---- cron schedules ----------------------------------------------------- */
 
 /* Options of a schedule; zero fields take the defaults in brackets. */
@@ -169,10 +207,12 @@ typedef struct tl_schedule_opts {
  * cron expression `expr` (see cron.h), once per slot; the job's
  * tl_job_scheduled_at() is the slot. The first slot is the first after
  * now; when the executor finds several slots past at once (a stalled
- * process, a clock jump) it runs only the latest. Scheduling an existing
- * `name` replaces it. Everything is copied. Returns 0, TL_EINVAL (bad
- * expression, zone or name, with the reason), TL_ENOTFOUND (kind not
- * registered) or TL_ECLOSED. */
+ * process, a clock jump) it runs only the latest. With a database, every
+ * executor sharing it runs the schedule and each slot runs once among
+ * them; a slot missed while none ran runs once at start-up (see
+ * cron_missed). Scheduling an existing `name` replaces it. Everything is
+ * copied. Returns 0, TL_EINVAL (bad expression, zone or name, with the
+ * reason), TL_ENOTFOUND (kind not registered) or TL_ECLOSED. */
 int tl_jobs_schedule(tl_jobs *ex, const char *name, const char *expr, const char *kind,
                      const char *args);
 int tl_jobs_schedule_opts(tl_jobs *ex, const char *name, const char *expr, const char *kind,
@@ -211,7 +251,7 @@ int tl_job_snooze(tl_job_ctx *ctx, int64_t delay_us);
 typedef enum tl_job_state {
   TL_JOB_PENDING = 1,   /* waiting to run: now, later, or for its retry */
   TL_JOB_RUNNING = 2,
-  TL_JOB_COMPLETED = 3, /* in memory, completed jobs are not kept */
+  TL_JOB_COMPLETED = 3, /* kept for JOB_RETENTION by a durable store only */
   TL_JOB_DISCARDED = 4, /* failed for good; kept with its last error */
   TL_JOB_CANCELLED = 5
 } tl_job_state;

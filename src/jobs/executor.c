@@ -90,6 +90,9 @@ struct tl_jobs {
   bool shutting, shut;
   int shutdown_rc;
 
+  bool durable;           /* the store is shared through a database */
+  tl_jobs_cron_missed cron_missed;
+
   pthread_t timer;
   bool timer_started, timer_stop, timer_kick;
   pthread_cond_t timer_cv;
@@ -920,6 +923,32 @@ int tl_jobs_config_from(const tl_config *cfg, tl_jobs_config *jc)
     return tl_error_wrap(rc, "JOB_CRON_TZ");
   if (jc->cron_tz)
     tl__tz_free(tz);
+  const char *text;
+  if ((rc = tl_config_string(cfg, "JOB_STORE", "auto", &text)))
+    return rc;
+  if (!strcmp(text, "auto") || !*text)
+    jc->store = TL_JOBS_STORE_AUTO;
+  else if (!strcmp(text, "memory"))
+    jc->store = TL_JOBS_STORE_MEMORY;
+  else if (!strcmp(text, "database"))
+    jc->store = TL_JOBS_STORE_DATABASE;
+  else
+    return tl_error_set(TL_EINVAL, "JOB_STORE: '%.64s' is not one of auto, memory, database",
+                        text);
+  if ((rc = tl_config_duration(cfg, "JOB_RETENTION", 86400000000, &jc->retention_us)))
+    return rc;
+  if (jc->retention_us < 1000000)
+    return tl_error_set(TL_EINVAL, "JOB_RETENTION: '%s' is shorter than 1s",
+                        tl_config_get(cfg, "JOB_RETENTION"));
+  if ((rc = tl_config_string(cfg, "JOB_CRON_MISSED", "catch_up_one", &text)))
+    return rc;
+  if (!strcmp(text, "catch_up_one") || !*text)
+    jc->cron_missed = TL_JOBS_CRON_CATCH_UP_ONE;
+  else if (!strcmp(text, "skip"))
+    jc->cron_missed = TL_JOBS_CRON_SKIP;
+  else
+    return tl_error_set(TL_EINVAL, "JOB_CRON_MISSED: '%.64s' is not one of catch_up_one, skip",
+                        text);
   return 0;
 }
 
@@ -1016,9 +1045,28 @@ int tl_jobs_open(tl_jobs **out, const tl_jobs_config *cfgp)
     return tl_error_wrap(rc, "jobs: cron_tz");
   }
   tl__tz_free(tz);
+  if (cfg.store == TL_JOBS_STORE_DATABASE && !cfg.db) {
+    destroy(ex);
+    return tl_error_set(TL_EINVAL, "jobs: store: the database store needs db (JOB_STORE="
+                        "database without a database)");
+  }
+  if (cfg.retention_us < 0) {
+    destroy(ex);
+    return tl_error_set(TL_EINVAL, "jobs: retention_us must be 0 (default) or more");
+  }
+  ex->durable = cfg.db && cfg.store != TL_JOBS_STORE_MEMORY;
+  ex->cron_missed = cfg.cron_missed;
+  /* Each fetch may lease as many jobs as there are workers: enough to
+   * keep them busy between round trips, few enough that one process
+   * never sits on much of the queue. */
+  tl__sql_store_opts so = { .batch = ex->nworkers > 64 ? 64 : ex->nworkers,
+                            .retention_us = cfg.retention_us, .lease_us = ex->lease_us };
   if ((rc = parse_queues(cfg.queues, "jobs: queues", &ex->queues, &ex->nqueues)) ||
       (rc = open_metrics(ex)) ||
-      (rc = tl__jobs_store_memory_open(&ex->store, cfg.retain_dead ? cfg.retain_dead : 10000)) ||
+      (rc = ex->durable
+                ? tl__jobs_store_sql_open(&ex->store, cfg.db, &so)
+                : tl__jobs_store_memory_open(&ex->store,
+                                             cfg.retain_dead ? cfg.retain_dead : 10000)) ||
       (rc = tl__sched_new(&ex->sched))) {
     destroy(ex);
     return rc;
@@ -1107,6 +1155,8 @@ int tl_jobs_shutdown(tl_jobs *ex, int64_t timeout_us)
     rc = tl_error_set(TL_ETIMEOUT, "jobs: %zu running job(s) did not finish within %lld ms and "
                       "were returned to the queue", returned, (long long)(timeout_us / 1000));
   }
+  if (ex->store->ops->quiesce)
+    ex->store->ops->quiesce(ex->store, now_of(ex));
   ex->shut = true;
   ex->shutdown_rc = rc;
   pthread_cond_broadcast(&ex->done_cv);
@@ -1170,11 +1220,11 @@ int tl_jobs_ready_check(void *ex, char *detail, size_t n)
 
 /* ---- submitting and inspecting ---------------------------------------------------------- */
 
-int tl_jobs_submit(tl_jobs *ex, const char *kind_name, const char *args,
-                   const tl_job_opts *optsp)
+/* Check a submission and fill `j` (strings borrowed from the arguments
+ * and the kind). Returns 0 or a status. */
+static int prepare(tl_jobs *ex, const char *kind_name, const char *args, const tl_job_opts *o,
+                   int64_t now, kind **kp, tl__job_new *j)
 {
-  if (!ex || !kind_name)
-    return tl_error_set(TL_EINVAL, "tl_jobs_submit: NULL argument");
   if (atomic_load_explicit(&ex->closed, memory_order_relaxed))
     return tl_error_set(TL_ECLOSED, "jobs: shut down");
   kind *k = kind_find(ex, kind_name);
@@ -1184,8 +1234,6 @@ int tl_jobs_submit(tl_jobs *ex, const char *kind_name, const char *args,
                           kind_name);
     return tl_error_set(TL_ENOTFOUND, "job kind '%s': no worker registered", kind_name);
   }
-  static const tl_job_opts none;
-  const tl_job_opts *o = optsp ? optsp : &none;
   if (!args)
     args = "{}";
   size_t alen = strlen(args), bad;
@@ -1199,29 +1247,124 @@ int tl_jobs_submit(tl_jobs *ex, const char *kind_name, const char *args,
     return tl_error_set(TL_EINVAL, "job '%s': unique_key must be 1-255 bytes", k->name);
   if (o->delay_us < 0)
     return tl_error_set(TL_EINVAL, "job '%s': delay_us is negative", k->name);
-  int64_t now = now_of(ex);
-  tl__job_new j = { .kind = k->name, .queue = o->queue ? o->queue : "default", .args = args,
-                    .args_len = alen, .unique_key = o->unique_key, .priority = o->priority,
-                    .max_retries = o->max_retries < 0 ? -1
-                                   : o->max_retries ? o->max_retries : k->max_retries,
-                    .run_at_us = o->run_at_us ? o->run_at_us : sat_add(now, o->delay_us),
-                    .created_us = now };
+  *j = (tl__job_new){ .kind = k->name, .queue = o->queue ? o->queue : "default", .args = args,
+                      .args_len = alen, .unique_key = o->unique_key, .priority = o->priority,
+                      .max_retries = o->max_retries < 0 ? -1
+                                     : o->max_retries ? o->max_retries : k->max_retries,
+                      .run_at_us = o->run_at_us ? o->run_at_us : sat_add(now, o->delay_us),
+                      .created_us = now };
+  *kp = k;
+  return 0;
+}
+
+/* New work is there: let a sleeping worker look. */
+static void kick_worker(tl_jobs *ex)
+{
+  if (atomic_load_explicit(&ex->idle, memory_order_seq_cst)) {
+    pthread_mutex_lock(&ex->mu);
+    pthread_cond_signal(&ex->work_cv);
+    pthread_mutex_unlock(&ex->mu);
+  }
+}
+
+int tl_jobs_submit(tl_jobs *ex, const char *kind_name, const char *args,
+                   const tl_job_opts *optsp)
+{
+  if (!ex || !kind_name)
+    return tl_error_set(TL_EINVAL, "tl_jobs_submit: NULL argument");
+  static const tl_job_opts none;
+  const tl_job_opts *o = optsp ? optsp : &none;
+  kind *k;
+  tl__job_new j;
+  int rc = prepare(ex, kind_name, args, o, now_of(ex), &k, &j);
+  if (rc)
+    return rc;
   int64_t id;
   bool dup;
-  int rc = ex->store->ops->enqueue(ex->store, &j, &id, &dup);
-  if (rc)
+  if ((rc = ex->store->ops->enqueue(ex->store, &j, &id, &dup)) != 0)
     return rc;
   if (o->id_out)
     *o->id_out = id;
   if (!dup) {
     tl_series_inc(k->submitted);
-    if (atomic_load_explicit(&ex->idle, memory_order_seq_cst)) {
-      pthread_mutex_lock(&ex->mu);
-      pthread_cond_signal(&ex->work_cv);
-      pthread_mutex_unlock(&ex->mu);
-    }
+    kick_worker(ex);
   }
   return 0;
+}
+
+int tl_jobs_submit_many(tl_jobs *ex, const char *kind_name, const char *const *args, size_t n,
+                        const tl_job_opts *optsp)
+{
+  if (!ex || !kind_name || (n && !args))
+    return tl_error_set(TL_EINVAL, "tl_jobs_submit_many: NULL argument");
+  static const tl_job_opts none;
+  const tl_job_opts *o = optsp ? optsp : &none;
+  if (o->unique_key || o->id_out)
+    return tl_error_set(TL_EINVAL, "tl_jobs_submit_many: unique_key and id_out need "
+                        "tl_jobs_submit");
+  if (!n)
+    return 0;
+  tl__job_new *jobs = malloc(n * sizeof *jobs);
+  if (!jobs)
+    return tl_error_set(TL_ENOMEM, "jobs: out of memory");
+  int64_t now = now_of(ex);
+  kind *k = NULL;
+  int rc = 0;
+  for (size_t i = 0; i < n && rc == 0; i++)
+    rc = prepare(ex, kind_name, args[i], o, now, &k, &jobs[i]);
+  if (rc == 0 && ex->store->ops->enqueue_many) {
+    rc = ex->store->ops->enqueue_many(ex->store, jobs, n);
+  } else {
+    for (size_t i = 0; i < n && rc == 0; i++) {
+      int64_t id;
+      bool dup;
+      rc = ex->store->ops->enqueue(ex->store, &jobs[i], &id, &dup);
+    }
+  }
+  free(jobs);
+  if (rc)
+    return rc;
+  tl_series_add(k->submitted, (double)n);
+  if (atomic_load(&ex->idle)) {
+    pthread_mutex_lock(&ex->mu);
+    pthread_cond_broadcast(&ex->work_cv);
+    pthread_mutex_unlock(&ex->mu);
+  }
+  return 0;
+}
+
+int tl__jobs_submit_slot(tl_jobs *ex, const char *name, int64_t slot_us, const char *kind_name,
+                         const char *args, const tl_job_opts *o)
+{
+  if (!ex->store->ops->enqueue_slot)
+    return tl_jobs_submit(ex, kind_name, args, o);
+  kind *k;
+  tl__job_new j;
+  int rc = prepare(ex, kind_name, args, o, now_of(ex), &k, &j);
+  bool claimed = false;
+  if (rc == 0)
+    rc = ex->store->ops->enqueue_slot(ex->store, name, slot_us, &j, &claimed);
+  if (rc == 0 && claimed) {
+    tl_series_inc(k->submitted);
+    kick_worker(ex);
+  }
+  return rc;
+}
+
+int64_t tl__jobs_first_slot(tl_jobs *ex, const char *name, const tl_cron *c)
+{
+  int64_t now = now_of(ex), next, last;
+  if (tl_cron_next(c, now, &next) != 0)
+    next = INT64_MAX;
+  if (!ex->durable || ex->cron_missed != TL_JOBS_CRON_CATCH_UP_ONE ||
+      !ex->store->ops->last_slot || ex->store->ops->last_slot(ex->store, name, &last) != 1)
+    return next;
+  /* A slot after the last one claimed has passed: the scheduler runs the
+   * latest such slot once, as soon as it looks. */
+  int64_t missed;
+  if (tl_cron_next(c, last, &missed) == 0 && missed <= now)
+    return missed;
+  return next;
 }
 
 int tl_jobs_get(tl_jobs *ex, int64_t id, tl_job_info **out)

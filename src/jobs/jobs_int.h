@@ -151,6 +151,21 @@ typedef struct tl__jobs_store_ops {
   /* 0 when usable, else a status with the message set. */
   int (*ready)(tl__jobs_store *s);
   void (*close)(tl__jobs_store *s);
+
+  /* Optional (NULL: not supported). */
+  /* Insert `n` jobs without unique keys, all or none. */
+  int (*enqueue_many)(tl__jobs_store *s, const tl__job_new *jobs, size_t n);
+  /* Claim cron slot (`name`, `slot_us`) and insert `j` in one step: once
+   * per slot among every executor sharing the store. *claimed is false
+   * when another executor had it. */
+  int (*enqueue_slot)(tl__jobs_store *s, const char *name, int64_t slot_us,
+                      const tl__job_new *j, bool *claimed);
+  /* The latest claimed slot of schedule `name`: 1 with *slot_us, 0 when
+   * none was ever claimed, or a negative status. */
+  int (*last_slot)(tl__jobs_store *s, const char *name, int64_t *slot_us);
+  /* At shutdown, once workers stopped fetching: record what is pending
+   * and give back jobs fetched but not started. Later fetches find none. */
+  void (*quiesce)(tl__jobs_store *s, int64_t now);
 } tl__jobs_store_ops;
 
 struct tl__jobs_store {
@@ -160,6 +175,18 @@ struct tl__jobs_store {
 /* The in-memory store; keeps at most `retain_dead` discarded and
  * cancelled jobs. */
 int tl__jobs_store_memory_open(tl__jobs_store **out, unsigned retain_dead);
+
+/* The database store over `db` (borrowed). Migrates the schema first.
+ * `batch` is how many jobs one fetch may take from the database at once
+ * (the extra ones wait, leased, for this process's next fetches);
+ * `retention_us` is how long completed jobs and claimed cron slots are
+ * kept. */
+typedef struct tl__sql_store_opts {
+  unsigned batch;
+  int64_t retention_us;
+  int64_t lease_us;
+} tl__sql_store_opts;
+int tl__jobs_store_sql_open(tl__jobs_store **out, tl_db *db, const tl__sql_store_opts *o);
 
 /* Helpers for stores to build snapshots as single allocations (freed
  * with free(), which tl_job_info_free and tl_job_list_free do): the bytes
@@ -179,6 +206,14 @@ void tl__jobs_wake_timer(tl_jobs *ex);
 /* The executor's scheduler; NULL after shutdown. */
 tl__sched *tl__jobs_sched(tl_jobs *ex);
 const char *tl__jobs_cron_tz(tl_jobs *ex);
+/* Submit the job of cron slot `slot_us` of schedule `name`: once per
+ * slot across executors when the store is shared. */
+int tl__jobs_submit_slot(tl_jobs *ex, const char *name, int64_t slot_us, const char *kind,
+                         const char *args, const tl_job_opts *o);
+/* The first slot a new schedule should consider, given its cron: in a
+ * shared store, the latest slot missed since the last claimed one (when
+ * the configuration says to catch up), else the next one after now. */
+int64_t tl__jobs_first_slot(tl_jobs *ex, const char *name, const tl_cron *c);
 /* Is `kind` registered? */
 bool tl__jobs_has_kind(tl_jobs *ex, const char *kind);
 /* Check a kind or queue name: 1-64 of [A-Za-z0-9_.:-]. */

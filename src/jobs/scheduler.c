@@ -1,7 +1,9 @@
 /* Cron schedules driving submissions. Each schedule keeps its next slot;
  * the executor's timer thread calls tl__sched_run, which submits one job
  * per due slot. In memory there is one scheduler per executor, so each
- * slot fires once by construction. */
+ * slot fires once by construction; with a shared database every replica
+ * runs the same schedules, and the store claims each slot once (a unique
+ * row per name and slot, inserted with the job). */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,7 +115,7 @@ int64_t tl__sched_run(tl__sched *s, tl_jobs *ex, int64_t now)
                TL_F_STR("schedule", e->name), TL_F_INT("first_missed_us", e->next),
                TL_F_INT("slot_us", slot));
       tl_job_opts o = { .priority = e->priority, .queue = e->queue, .run_at_us = slot };
-      if (tl_jobs_submit(ex, e->kind, e->args, &o) != 0)
+      if (tl__jobs_submit_slot(ex, e->name, slot, e->kind, e->args, &o) != 0)
         tl_log(TL_LOG_ERROR, "cron submit failed", TL_F_STR("schedule", e->name),
                TL_F_STR("error", tl_error_last()));
       e->next = next_after(e->cron, slot);
@@ -160,7 +162,7 @@ int tl_jobs_schedule_opts(tl_jobs *ex, const char *name, const char *expr, const
     entry_free(e);
     return tl_error_set(TL_ENOMEM, "jobs: out of memory");
   }
-  e->next = next_after(e->cron, tl__jobs_now(ex));
+  e->next = tl__jobs_first_slot(ex, name, e->cron);
   tl__sched *s = tl__jobs_sched(ex);
   pthread_mutex_lock(&s->mu);
   if (s->stopped) {

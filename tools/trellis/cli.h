@@ -17,6 +17,7 @@ int cli_cmd_health(int argc, char **argv, const tl_config *cfg);
 int cli_cmd_db(int argc, char **argv, const tl_config *cfg);
 int cli_cmd_cron(int argc, char **argv, const tl_config *cfg);
 int cli_cmd_events(int argc, char **argv, const tl_config *cfg);
+int cli_cmd_jobs(int argc, char **argv, const tl_config *cfg);
 int cli_cmd_mq(int argc, char **argv, const tl_config *cfg);
 
 /* Print "trellis <cmd>: <message>" plus tl_error_last() when non-empty. */

@@ -14,6 +14,7 @@ static const struct {
   { "db", cli_cmd_db, "databases: trellis db ping|query|migrate [--url URL] (see docs/database.md)" },
   { "events", cli_cmd_events, "event store: trellis events append|read|tail [--url URL] (see docs/event-sourcing.md)" },
   { "health", cli_cmd_health, "check a service's readiness: trellis health [URL] [--timeout DURATION]" },
+  { "jobs", cli_cmd_jobs, "the durable job queue: trellis jobs ls|retry|cancel [--url URL] (see docs/jobs.md)" },
   { "mq", cli_cmd_mq, "messaging: trellis mq pub SUBJECT DATA | mq sub PATTERN (see docs/messaging.md)" },
 };
 
