@@ -42,4 +42,39 @@ out=$(trellis db ping --url 'postgress://u:secret@h/db' 2>&1); rc=$?
 expect_match "a bad scheme is named" "postgress" "$out"
 if printf '%s' "$out" | grep -q secret; then fail "the password leaked: $out"; else pass "the password is masked"; fi
 
+# mq: the seed's example across processes, on each real broker: a user.*
+# subscriber gets user.created with its real subject, data and headers.
+. "${TRELLIS_SERVICES_ENV:-/tmp/trellis-services/services.env}" 2>/dev/null || true
+for broker in nats rabbitmq; do
+  case $broker in
+    nats) url=${TRELLIS_TEST_NATS_URL:-} ;;
+    rabbitmq) url=${TRELLIS_TEST_RABBITMQ_URL:-} ;;
+  esac
+  if [ -z "$url" ]; then
+    fail "mq on $broker: no URL; start it with scripts/services start $broker"
+    continue
+  fi
+  group="cli-$$-$broker"
+  trellis mq sub 'user.*' --group "$group" --count 1 --timeout 20s --type "$broker" --url "$url" \
+    >"$WORK/sub.$broker" 2>"$WORK/sub.$broker.err" &
+  sub=$!
+  # The group's queue or consumer exists once the subscriber is up:
+  # publish until it has received one (earlier ones wait in the queue).
+  for _ in $(seq 1 40); do
+    trellis mq pub user.created '{"user_id":"123"}' --header x-request-id=cli-test \
+      --type "$broker" --url "$url" >/dev/null 2>&1
+    [ -s "$WORK/sub.$broker" ] && break
+    sleep 0.25
+  done
+  wait "$sub"; rc=$?
+  out=$(head -n1 "$WORK/sub.$broker")
+  expect_eq "mq sub on $broker exits 0 after --count 1" 0 "$rc"
+  expect_match "mq sub on $broker gets the concrete subject" '"subject": ?"user.created"' "$out"
+  expect_match "mq sub on $broker gets the data" '"data": ?"\{\\"user_id\\":\\"123\\"\}"|"data": ?\{"user_id": ?"123"\}' "$out"
+  expect_match "mq sub on $broker gets the headers" '"x-request-id": ?"cli-test"' "$out"
+done
+out=$(trellis mq pub 'user.*' x --type nats --url "${TRELLIS_TEST_NATS_URL:-nats://127.0.0.1:1}" 2>&1); rc=$?
+expect_eq "publishing to a wildcard exits 2" 2 "$rc"
+expect_match "the wildcard subject is named" "user\.\*" "$out"
+
 finish
