@@ -18,6 +18,8 @@
 #include <pthread.h>
 #include <cmocka.h>
 
+#include "support.h"
+
 #include <trellis/trellis.h>
 #include <trellis/db.h>
 #include <trellis/jobs.h>
@@ -675,6 +677,7 @@ static pid_t jc_spawn(const char *mode, const char *url, int arg)
   fflush(stderr);
   pid_t pid = fork();
   if (pid == 0) {
+    tl_test_child_dies_with_parent();
     execl("/proc/self/exe", "jobs-child", "child", mode, url, a, (char *)NULL);
     _exit(127);
   }

@@ -4,9 +4,11 @@
 #ifndef TRELLIS_TESTS_SUPPORT_H
 #define TRELLIS_TESTS_SUPPORT_H
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 /* The URL that scripts/services wrote for `key` (for example
  * "TRELLIS_TEST_POSTGRES_URL"): from the environment first, then from the
@@ -45,6 +47,14 @@ static inline const char *tl_test_service_url(const char *key, const char *servi
           "Start it with: scripts/services start %s\n",
           service, key, path, service);
   exit(1);
+}
+
+/* In a forked child: die with the test process. A test that fails before
+ * it kills its child must not leave it running (an orphan retrying a
+ * server can even take the server's port as its own ephemeral port). */
+static inline void tl_test_child_dies_with_parent(void)
+{
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
 }
 
 #endif

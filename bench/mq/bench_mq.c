@@ -901,7 +901,7 @@ int main(int argc, char **argv)
     failures += compare("memory", "mutex+condvar ring", cond, &o, mem_raw_run, &raw) != 0;
   }
   if (wanted(argc, argv, "nats")) {
-    const char *url = env_or("TRELLIS_TEST_NATS_URL", "nats://127.0.0.1:54222");
+    const char *url = env_or("TRELLIS_TEST_NATS_URL", "nats://127.0.0.1:21422");
     struct ours o = { .mc = { .type = TL_MQ_NATS, .url = url, .max_in_flight = WINDOW },
                       .n_tput = bench_size(50000, 2000), .n_lat = bench_size(2000, 100) };
     snprintf(o.subject_tput, sizeof o.subject_tput, "%s.tput", tok);
@@ -926,7 +926,7 @@ int main(int argc, char **argv)
     failures += compare("nats", "libnats", cond, &o, nats_raw_run, &raw) != 0;
   }
   if (wanted(argc, argv, "rabbitmq")) {
-    const char *url = env_or("TRELLIS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:55672/");
+    const char *url = env_or("TRELLIS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:21672/");
     struct ours o = { .mc = { .type = TL_MQ_RABBITMQ, .url = url, .max_in_flight = WINDOW },
                       .n_tput = bench_size(20000, 1000), .n_lat = bench_size(1000, 100) };
     snprintf(o.subject_tput, sizeof o.subject_tput, "%s.tput", tok);

@@ -204,7 +204,7 @@ static void pg_specific_sql(void **state)
 static void replicas_round_robin_and_fallback(void **state)
 {
   (void)state;
-  int pg_port = 55432;
+  int pg_port = 21432;
   const char *colon = strrchr(pg_url, ':');
   if (colon) pg_port = atoi(colon + 1);
   dbc_proxy px = { .target_port = pg_port };
@@ -356,6 +356,7 @@ static void three_processes_migrate_once(void **state)
     kids[i] = fork();
     assert_true(kids[i] >= 0);
     if (kids[i] == 0) {
+      tl_test_child_dies_with_parent();
       execl(self_path, self_path, "--migrate-child", pg_url, tag, (char *)NULL);
       _exit(101);
     }

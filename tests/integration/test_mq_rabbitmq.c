@@ -46,7 +46,7 @@ static void bad_credentials(void **state)
   (void)state;
   char url[600];
   const char *at = strchr(rabbit_url, '@');
-  snprintf(url, sizeof url, "amqp://guest:wrong-s3cret%s", at ? at : "@127.0.0.1:55672/");
+  snprintf(url, sizeof url, "amqp://guest:wrong-s3cret%s", at ? at : "@127.0.0.1:21672/");
   tl_mq_config mc = { .type = TL_MQ_RABBITMQ, .url = url, .publish_timeout_us = 2000000 };
   tl_mq *mq;
   assert_int_equal(tl_mq_open(&mq, &mc), TL_ECONNECT);

@@ -13,6 +13,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "support.h"
+
 #include <trellis/trellis.h>
 #include <trellis/eventstore.h>
 
@@ -49,6 +51,7 @@ static void kill9_keeps_acknowledged(void **state)
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
+    tl_test_child_dies_with_parent();
     close(p[0]);
     child(p[1]);
   }
