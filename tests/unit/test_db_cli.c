@@ -11,40 +11,11 @@
 
 #include "../../tools/trellis/cmd_db.c"
 
-static char last_fail[512];
+#define CLI_COMMAND cli_cmd_db
+#define CLI_NAME "db"
+#include "cli_harness.h"
 
-void cli_fail(const char *cmd, const char *what)
-{
-  snprintf(last_fail, sizeof last_fail, "trellis %s: %s: %s", cmd, what, tl_error_last());
-}
-
-static char dbpath[128], url[160], out[8192];
-
-/* Run `trellis db ...` with stdout captured into `out`. */
-static int run(tl_config *cfg, int argc, ...)
-{
-  char *argv[16];
-  va_list ap;
-  va_start(ap, argc);
-  argv[0] = (char *)"db";
-  for (int i = 1; i < argc; i++) argv[i] = va_arg(ap, char *);
-  va_end(ap);
-  char tmp[] = "/tmp/trellis-db-cli-XXXXXX";
-  int fd = mkstemp(tmp);
-  fflush(stdout);
-  int saved = dup(1);
-  dup2(fd, 1);
-  last_fail[0] = '\0';
-  int rc = cli_cmd_db(argc, argv, cfg);
-  fflush(stdout);
-  dup2(saved, 1);
-  close(saved);
-  ssize_t n = pread(fd, out, sizeof out - 1, 0);
-  out[n > 0 ? n : 0] = '\0';
-  close(fd);
-  unlink(tmp);
-  return rc;
-}
+static char dbpath[128], url[160];
 
 static void query_prints_json_lines(void **state)
 {

@@ -11,40 +11,12 @@
 
 #include "../../tools/trellis/cmd_jobs.c"
 
-static char last_fail[512];
+#define CLI_COMMAND cli_cmd_jobs
+#define CLI_NAME "jobs"
+#include "cli_harness.h"
 
-void cli_fail(const char *cmd, const char *what)
-{
-  snprintf(last_fail, sizeof last_fail, "trellis %s: %s: %s", cmd, what, tl_error_last());
-}
-
-static char dbpath[128], url[160], out[16384];
+static char dbpath[128], url[160];
 static int64_t ids[4];
-
-static int run(tl_config *cfg, int argc, ...)
-{
-  char *argv[16];
-  va_list ap;
-  va_start(ap, argc);
-  argv[0] = (char *)"jobs";
-  for (int i = 1; i < argc; i++) argv[i] = va_arg(ap, char *);
-  va_end(ap);
-  char tmp[] = "/tmp/trellis-jobs-cli-XXXXXX";
-  int fd = mkstemp(tmp);
-  fflush(stdout);
-  int saved = dup(1);
-  dup2(fd, 1);
-  last_fail[0] = '\0';
-  int rc = cli_cmd_jobs(argc, argv, cfg);
-  fflush(stdout);
-  dup2(saved, 1);
-  close(saved);
-  ssize_t n = pread(fd, out, sizeof out - 1, 0);
-  out[n > 0 ? n : 0] = '\0';
-  close(fd);
-  unlink(tmp);
-  return rc;
-}
 
 static int lines(const char *s)
 {
