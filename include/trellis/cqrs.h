@@ -72,7 +72,7 @@ typedef int (*tl_cqrs_middleware)(tl_cqrs_call *call, tl_cqrs_next *next, void *
  * validate: runs the validator registered for the name, if any;
  * logging: one JSON log line per call with name, status and duration;
  * metrics: trellis_cqrs_calls_total{kind,name,status} and the
- *   trellis_cqrs_call_seconds{kind,name} histogram;
+ *   trellis_cqrs_call_duration_seconds{kind,name} histogram;
  * timing: fills call->elapsed_us, logs calls slower than 1 s as warnings;
  * idempotency: with a key, the first successful result for (name, key) is
  *   stored in the database and returned to every later call with the same

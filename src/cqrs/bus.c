@@ -66,7 +66,7 @@ static int bus_init(tl__bus *b, const char *kind, const tl_cqrs_config *cfg)
                               "Commands and queries executed, by outcome.", "kind,name,status",
                               &b->m_calls);
   if (rc == 0)
-    rc = tl_metrics_histogram(b->metrics, "trellis_cqrs_call_seconds",
+    rc = tl_metrics_histogram(b->metrics, "trellis_cqrs_call_duration_seconds",
                               "Time to execute a command or query.", "kind,name", NULL, 0,
                               &b->m_seconds);
   if (rc) return rc;

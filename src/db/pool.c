@@ -79,7 +79,7 @@ static void metrics_init(void)
                    "Database connections by state", "pool,role,state", &m_conns);
   tl_metrics_gauge(r, "trellis_db_pool_pending_acquires",
                    "Callers waiting for a database connection", "pool,role", &m_pend);
-  tl_metrics_histogram(r, "trellis_db_pool_acquire_seconds",
+  tl_metrics_histogram(r, "trellis_db_pool_acquire_duration_seconds",
                        "Time to take a connection from the pool", "pool,role",
                        NULL, 0, &m_acq);
   tl_metrics_counter(r, "trellis_db_pool_timeouts_total",

@@ -49,7 +49,7 @@ int tl_es_open(tl_es **out, const tl_es_config *cfg)
   if (tl_metrics_counter(es->metrics, "trellis_es_append_conflicts_total",
                          "Appends refused because the stream was at another version.", NULL, &m) == 0)
     es->m_conflicts = tl_metric_default(m);
-  if (tl_metrics_histogram(es->metrics, "trellis_es_append_seconds",
+  if (tl_metrics_histogram(es->metrics, "trellis_es_append_duration_seconds",
                            "Time to append one batch of events.", NULL, NULL, 0, &m) == 0)
     es->m_append_s = tl_metric_default(m);
   if (tl_metrics_counter(es->metrics, "trellis_es_read_events_total",

@@ -956,15 +956,15 @@ static int open_metrics(tl_jobs *ex)
 {
   tl_metrics *r = ex->metrics;
   int rc;
-  if ((rc = tl_metrics_counter(r, "jobs_submitted_total", "Jobs submitted, by kind.", "kind",
+  if ((rc = tl_metrics_counter(r, "trellis_jobs_submitted_total", "Jobs submitted, by kind.", "kind",
                                &ex->m_submitted)) ||
-      (rc = tl_metrics_counter(r, "jobs_finished_total",
+      (rc = tl_metrics_counter(r, "trellis_jobs_finished_total",
                                "Job runs by kind and outcome: completed, retried, discarded, "
                                "cancelled, snoozed, lost (returned to the queue).",
                                "kind,outcome", &ex->m_finished)) ||
-      (rc = tl_metrics_histogram(r, "jobs_run_duration_seconds", "Time spent in a worker.",
+      (rc = tl_metrics_histogram(r, "trellis_jobs_run_duration_seconds", "Time spent in a worker.",
                                  "kind", NULL, 0, &ex->m_run)) ||
-      (rc = tl_metrics_gauge(r, "jobs_depth",
+      (rc = tl_metrics_gauge(r, "trellis_jobs_depth",
                              "Jobs in the store by state (pending is the queue depth).",
                              "state", &ex->m_depth)))
     return rc;

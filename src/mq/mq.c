@@ -333,24 +333,24 @@ static int register_metrics(tl_mq *mq)
                                 0.005,   0.01,    0.025,  0.05,    0.1,    0.25,  0.5,
                                 1,       2.5,     5,      10 };
   int rc = 0;
-  rc = rc ? rc : tl_metrics_counter(reg, "mq_published_total",
+  rc = rc ? rc : tl_metrics_counter(reg, "trellis_mq_published_total",
                                     "Messages the broker accepted, by backend and subject prefix.",
                                     l, &mq->m_published);
-  rc = rc ? rc : tl_metrics_counter(reg, "mq_publish_failed_total",
+  rc = rc ? rc : tl_metrics_counter(reg, "trellis_mq_publish_failed_total",
                                     "Publishes that failed or timed out.", l,
                                     &mq->m_publish_failed);
-  rc = rc ? rc : tl_metrics_counter(reg, "mq_delivered_total",
+  rc = rc ? rc : tl_metrics_counter(reg, "trellis_mq_delivered_total",
                                     "Deliveries to a handler (redeliveries included).", l,
                                     &mq->m_delivered);
-  rc = rc ? rc : tl_metrics_counter(reg, "mq_acked_total",
+  rc = rc ? rc : tl_metrics_counter(reg, "trellis_mq_acked_total",
                                     "Messages a handler acknowledged.", l, &mq->m_acked);
-  rc = rc ? rc : tl_metrics_counter(reg, "mq_redelivered_total",
+  rc = rc ? rc : tl_metrics_counter(reg, "trellis_mq_redelivered_total",
                                     "Deliveries after the first of a message.", l,
                                     &mq->m_redelivered);
-  rc = rc ? rc : tl_metrics_counter(reg, "mq_dead_lettered_total",
+  rc = rc ? rc : tl_metrics_counter(reg, "trellis_mq_dead_lettered_total",
                                     "Messages moved to the dead-letter subject.", l,
                                     &mq->m_dead_lettered);
-  rc = rc ? rc : tl_metrics_histogram(reg, "mq_publish_duration_seconds",
+  rc = rc ? rc : tl_metrics_histogram(reg, "trellis_mq_publish_duration_seconds",
                                       "Time from publish to the broker's confirm.", l, lat,
                                       sizeof lat / sizeof lat[0], &mq->m_publish_seconds);
   return rc;

@@ -324,7 +324,7 @@ static void pool_metrics(void **state)
     "trellis_db_pool_pending_acquires{pool=\"metricsdb\",role=\"primary\"} 0",
     "trellis_db_pool_timeouts_total{pool=\"metricsdb\",role=\"primary\"} 1",
     "trellis_db_errors_total{pool=\"metricsdb\",role=\"primary\",class=\"unique\"} 1",
-    "trellis_db_pool_acquire_seconds_count{pool=\"metricsdb\",role=\"primary\"}",
+    "trellis_db_pool_acquire_duration_seconds_count{pool=\"metricsdb\",role=\"primary\"}",
   };
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
     if (!strstr(text, want[i])) fail_msg("missing '%s' in:\n%s", want[i], text);

@@ -824,10 +824,10 @@ static void readiness_and_metrics(void **state)
   char *text;
   size_t len;
   assert_int_equal(tl_metrics_render(reg, &text, &len), 0);
-  assert_non_null(strstr(text, "jobs_submitted_total{kind=\"metered\"} 5"));
-  assert_non_null(strstr(text, "jobs_finished_total{kind=\"metered\",outcome=\"completed\"} 5"));
-  assert_non_null(strstr(text, "jobs_run_duration_seconds_count{kind=\"metered\"} 5"));
-  assert_non_null(strstr(text, "jobs_depth{state=\"pending\"}"));
+  assert_non_null(strstr(text, "trellis_jobs_submitted_total{kind=\"metered\"} 5"));
+  assert_non_null(strstr(text, "trellis_jobs_finished_total{kind=\"metered\",outcome=\"completed\"} 5"));
+  assert_non_null(strstr(text, "trellis_jobs_run_duration_seconds_count{kind=\"metered\"} 5"));
+  assert_non_null(strstr(text, "trellis_jobs_depth{state=\"pending\"}"));
   tl_free(text);
 }
 

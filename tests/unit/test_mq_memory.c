@@ -159,13 +159,13 @@ static void metrics(void **state)
   size_t len;
   MQC_OK(tl_metrics_render(reg, &text, &len));
   const char *want[] = {
-    "mq_published_total{backend=\"memory\",prefix=\"orders\"} 1",
-    "mq_delivered_total{backend=\"memory\",prefix=\"orders\"} 3",
-    "mq_redelivered_total{backend=\"memory\",prefix=\"orders\"} 2",
-    "mq_acked_total{backend=\"memory\",prefix=\"orders\"} 1",
-    "mq_dead_lettered_total{backend=\"memory\",prefix=\"bad\"} 1",
-    "mq_published_total{backend=\"memory\",prefix=\"trellis\"} 1",
-    "mq_publish_duration_seconds_count{backend=\"memory\",prefix=\"orders\"} 1",
+    "trellis_mq_published_total{backend=\"memory\",prefix=\"orders\"} 1",
+    "trellis_mq_delivered_total{backend=\"memory\",prefix=\"orders\"} 3",
+    "trellis_mq_redelivered_total{backend=\"memory\",prefix=\"orders\"} 2",
+    "trellis_mq_acked_total{backend=\"memory\",prefix=\"orders\"} 1",
+    "trellis_mq_dead_lettered_total{backend=\"memory\",prefix=\"bad\"} 1",
+    "trellis_mq_published_total{backend=\"memory\",prefix=\"trellis\"} 1",
+    "trellis_mq_publish_duration_seconds_count{backend=\"memory\",prefix=\"orders\"} 1",
   };
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
     if (!strstr(text, want[i]))
