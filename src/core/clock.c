@@ -214,6 +214,19 @@ static pthread_mutex_t uuid_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t uuid_last_ms;
 static uint16_t uuid_seq;
 
+/* Lay out a UUIDv7: 48-bit milliseconds, 12 bits of rand_a, the variant,
+ * then 62 bits from `r`. */
+static void uuid7_pack(uint64_t ms, unsigned rand_a, uint64_t r, uint8_t out[16])
+{
+  for (int i = 0; i < 6; i++)
+    out[i] = (uint8_t)(ms >> (40 - 8 * i));
+  out[6] = (uint8_t)(0x70 | ((rand_a >> 8) & 0x0f));
+  out[7] = (uint8_t)rand_a;
+  out[8] = (uint8_t)(0x80 | ((r >> 56) & 0x3f));
+  for (int i = 9; i < 16; i++)
+    out[i] = (uint8_t)(r >> (8 * (15 - i)));
+}
+
 void tl_uuid7_bytes(uint8_t out[16])
 {
   uint64_t now_ms = (uint64_t)(tl_time_now_us() / 1000);
@@ -232,13 +245,14 @@ void tl_uuid7_bytes(uint8_t out[16])
   uint64_t ms = uuid_last_ms;
   uint16_t seq = uuid_seq;
   pthread_mutex_unlock(&uuid_mu);
-  for (int i = 0; i < 6; i++)
-    out[i] = (uint8_t)(ms >> (40 - 8 * i));
-  out[6] = (uint8_t)(0x70 | (seq >> 8));
-  out[7] = (uint8_t)seq;
-  out[8] = (uint8_t)(0x80 | ((r2 >> 56) & 0x3f));
-  for (int i = 9; i < 16; i++)
-    out[i] = (uint8_t)(r2 >> (8 * (15 - i)));
+  uuid7_pack(ms, seq, r2, out);
+}
+
+void tl_uuid7_at(int64_t us, uint8_t out[16])
+{
+  uint64_t ms = (uint64_t)(us / 1000);
+  unsigned frac = (unsigned)((uint64_t)(us % 1000) * 4096 / 1000);
+  uuid7_pack(ms, frac, tl_rand64(), out);
 }
 
 void tl_uuid_format(const uint8_t in[16], char out[TL_UUID_STRLEN])

@@ -238,27 +238,8 @@ int tl__mq_out_init(tl__mq_out *o, const tl_mq_message *m)
   if (o->request_id)
     o->request_id_len = strlen(o->request_id);
   o->published_us = tl_time_now_us();
-  tl__mq_msg_id(o->published_us, o->id);
+  tl_uuid7_at(o->published_us, o->id);
   return 0;
-}
-
-/* A UUIDv7 for a message published at `us`: 48-bit milliseconds, the
- * sub-millisecond fraction in the 12 rand_a bits (RFC 9562 section 6.2,
- * method 3), then 62 random bits. Sharing the publish time's clock read
- * and taking no lock keeps it off the in-process bus's hot path;
- * uniqueness rests on the random bits, order on the time. */
-void tl__mq_msg_id(int64_t us, uint8_t out[16])
-{
-  uint64_t ms = (uint64_t)(us / 1000);
-  unsigned frac = (unsigned)((uint64_t)(us % 1000) * 4096 / 1000);
-  uint64_t r = tl_rand64();
-  for (int i = 0; i < 6; i++)
-    out[i] = (uint8_t)(ms >> (40 - 8 * i));
-  out[6] = (uint8_t)(0x70 | (frac >> 8));
-  out[7] = (uint8_t)frac;
-  out[8] = (uint8_t)(0x80 | ((r >> 56) & 0x3f));
-  for (int i = 9; i < 16; i++)
-    out[i] = (uint8_t)(r >> (8 * (15 - i)));
 }
 
 const tl_mq_header *tl__mq_out_headers(tl__mq_out *o, size_t *n)

@@ -234,9 +234,6 @@ void tl__mq_pub_done(tl__mq_pub *pub, int status);
 /* The dead-letter subject of `subject` into buf. -1 when it does not fit. */
 int tl__mq_dlq_subject(const tl_mq *mq, const char *subject, char *buf, size_t size);
 
-/* A message id (UUIDv7) for a message published at `us`. */
-void tl__mq_msg_id(int64_t us, uint8_t out[16]);
-
 /* Build a validated outgoing message (used by the front end and tests). */
 int tl__mq_out_init(tl__mq_out *o, const tl_mq_message *m);
 

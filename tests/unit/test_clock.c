@@ -98,6 +98,27 @@ static void uuid7_is_ordered_and_well_formed(void **state)
   assert_int_equal(tl_uuid_parse("0190a6e2-8e8a-7c3f-9d1e-7f2a3b4c5d6g", b), TL_EINVAL);
 }
 
+static void uuid7_at_encodes_the_instant(void **state)
+{
+  (void)state;
+  uint8_t a[16], b[16], c[16];
+  int64_t us = INT64_C(1767227400123456); /* 2026-01-01T00:30:00.123456Z */
+  tl_uuid7_at(us, a);
+  tl_uuid7_at(us + 500, b);               /* half a millisecond later */
+  tl_uuid7_at(us, c);
+  uint64_t ms = 0;
+  for (int i = 0; i < 6; i++)
+    ms = ms << 8 | a[i];
+  assert_int_equal(ms, (uint64_t)(us / 1000));
+  assert_int_equal(a[6] >> 4, 7);                    /* version */
+  assert_int_equal(a[8] >> 6, 2);                    /* RFC 9562 variant */
+  unsigned frac = (unsigned)((a[6] & 0x0f) << 8 | a[7]);
+  assert_int_equal(frac, 456 * 4096 / 1000);         /* the sub-millisecond part */
+  assert_true(memcmp(a, b, 16) < 0);                 /* ordered by time */
+  assert_memory_not_equal(a, c, 16);                 /* same instant, other random bits */
+  assert_memory_equal(a, c, 8);
+}
+
 static void random_numbers_vary(void **state)
 {
   (void)state;
@@ -120,6 +141,7 @@ int main(void)
     cmocka_unit_test(parse_round_trips_and_offsets),
     cmocka_unit_test(parse_rejects_bad_text),
     cmocka_unit_test(uuid7_is_ordered_and_well_formed),
+    cmocka_unit_test(uuid7_at_encodes_the_instant),
     cmocka_unit_test(random_numbers_vary),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
