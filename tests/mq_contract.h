@@ -916,6 +916,18 @@ __attribute__((unused)) static void mqc_fault_run(const char *name, int n,
   mqc_col_free(&c);
 }
 
+/* The fault the broker tests share: SIGKILL the server named `ctx`
+ * ("nats", "rabbitmq"), leave it down a second, start it again. */
+__attribute__((unused)) static void mqc_kill_and_restart(void *ctx)
+{
+  char cmd[96];
+  snprintf(cmd, sizeof cmd, "kill %s >/dev/null", (const char *)ctx);
+  mqc_services(cmd);
+  tl_sleep_us(1000000);
+  snprintf(cmd, sizeof cmd, "start %s >/dev/null", (const char *)ctx);
+  mqc_services(cmd);
+}
+
 #define MQC_TESTS                                            \
   cmocka_unit_test(mqc_seed_example),                        \
   cmocka_unit_test(mqc_fanout),                              \

@@ -277,37 +277,19 @@ int tl_config_overlay_environ(tl_config *cfg)
 
 /* ---- .env parser ------------------------------------------------------ */
 
-struct tl__vbuf {
-  char *data;
-  size_t len, cap;
-};
-
-static int vbuf_add(struct tl__vbuf *b, const char *s, size_t n)
+/* The parser's growable strings are tl__buf (core_int.h); these two turn
+ * its out-of-memory state into a status and hand the string over. */
+static int vbuf_add(tl__buf *b, const char *s, size_t n)
 {
-  if (n >= SIZE_MAX - b->len)
-    return tl_error_set(TL_ENOMEM, "config: out of memory");
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + n + 1)
-      cap = cap > SIZE_MAX / 2 ? b->len + n + 1 : cap * 2;
-    char *data = realloc(b->data, cap);
-    if (!data)
-      return tl_error_set(TL_ENOMEM, "config: out of memory");
-    b->data = data;
-    b->cap = cap;
-  }
-  memcpy(b->data + b->len, s, n);
-  b->len += n;
-  b->data[b->len] = '\0';
-  return 0;
+  tl__buf_add(b, s, n);
+  return b->failed ? tl_error_set(TL_ENOMEM, "config: out of memory") : 0;
 }
 
 /* The buffer's string, handed to the caller; "" when nothing was added. */
-static char *vbuf_take(struct tl__vbuf *b)
+static char *vbuf_take(tl__buf *b)
 {
-  char *s = b->data ? b->data : strdup("");
-  *b = (struct tl__vbuf){ 0 };
-  return s;
+  char *s = tl__buf_steal(b, NULL);
+  return s ? s : strdup("");
 }
 
 enum { MODE_UNQUOTED, MODE_DOUBLE };
@@ -388,7 +370,7 @@ static int lookup(const struct tl__parser *ps, const char *name, size_t len,
   return 0;
 }
 
-static int add_expansion(struct tl__parser *ps, int line, struct tl__vbuf *out,
+static int add_expansion(struct tl__parser *ps, int line, tl__buf *out,
                          const char *s, size_t n)
 {
   if (n > ps->expand_left)
@@ -399,12 +381,12 @@ static int add_expansion(struct tl__parser *ps, int line, struct tl__vbuf *out,
 }
 
 static int scan_text(struct tl__parser *ps, int mode, const char *lim,
-                     int stop, int open_line, int depth, struct tl__vbuf *out);
+                     int stop, int open_line, int depth, tl__buf *out);
 
 /* Expand the `$` at ps->p: ${NAME}, ${NAME:-default} or $NAME; a `$`
  * followed by anything else is literal. */
 static int expand(struct tl__parser *ps, int mode, const char *lim, int depth,
-                  struct tl__vbuf *out)
+                  tl__buf *out)
 {
   int line = ps->line;
   const char *q = ps->p + 1;
@@ -434,7 +416,7 @@ static int expand(struct tl__parser *ps, int mode, const char *lim, int depth,
     /* The default is scanned even when unused, so its syntax errors are
      * reported whatever the environment holds. Our variable is looked up
      * after it: getenv() may reuse its result for the next call. */
-    struct tl__vbuf def = { 0 };
+    tl__buf def = { 0 };
     ps->p = q + 2;
     rc = scan_text(ps, mode, lim, '}', line, depth + 1, &def);
     if (rc == 0)
@@ -445,7 +427,7 @@ static int expand(struct tl__parser *ps, int mode, const char *lim, int depth,
       else if (def.len)
         rc = vbuf_add(out, def.data, def.len);
     }
-    free(def.data);
+    tl__buf_free(&def);
     return rc;
   }
   if (q < lim && is_key_start((unsigned char)*q)) {
@@ -465,7 +447,7 @@ static int expand(struct tl__parser *ps, int mode, const char *lim, int depth,
  * double quotes, escapes), until the byte `stop` (consumed; -1 for none).
  * `open_line` is where the construct being closed began. */
 static int scan_text(struct tl__parser *ps, int mode, const char *lim,
-                     int stop, int open_line, int depth, struct tl__vbuf *out)
+                     int stop, int open_line, int depth, tl__buf *out)
 {
   int rc;
   for (;;) {
@@ -531,7 +513,7 @@ static int after_quote(struct tl__parser *ps)
   return 0;
 }
 
-static int parse_value(struct tl__parser *ps, struct tl__vbuf *out)
+static int parse_value(struct tl__parser *ps, tl__buf *out)
 {
   int line = ps->line;
   const char *eq_end = ps->p; /* just after '=' */
@@ -620,10 +602,10 @@ static int parse_line(struct tl__parser *ps)
                         klen > 64 ? 64 : (int)klen, key);
   ps->p++;
 
-  struct tl__vbuf value = { 0 };
+  tl__buf value = { 0 };
   int rc = parse_value(ps, &value);
   if (rc < 0) {
-    free(value.data);
+    tl__buf_free(&value);
     return rc;
   }
   char *k = tl__strndup(key, klen);
@@ -697,7 +679,7 @@ static int read_file(const char *path, char **text, size_t *len)
     return tl_error_set(TL_EIO, "'%s': cannot open: %s", path,
                         errno_text(err, ebuf, sizeof ebuf));
   }
-  struct tl__vbuf b = { 0 };
+  tl__buf b = { 0 };
   char chunk[4096];
   size_t n;
   int rc = 0;
@@ -717,7 +699,7 @@ static int read_file(const char *path, char **text, size_t *len)
   }
   fclose(f);
   if (rc < 0) {
-    free(b.data);
+    tl__buf_free(&b);
     return rc;
   }
   *len = b.len;

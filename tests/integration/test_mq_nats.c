@@ -91,20 +91,13 @@ static void unreachable_server(void **state)
   assert_non_null(strstr(tl_error_last(), "127.0.0.1:1"));
 }
 
-static void crash_and_restart(void *ctx)
-{
-  (void)ctx;
-  mqc_services("kill nats >/dev/null");
-  tl_sleep_us(1000000);
-  mqc_services("start nats >/dev/null");
-}
-
 /* The server dies (SIGKILL) in the middle of a stream of confirmed
  * publishes and comes back: every confirmed message is delivered. */
 static void fault_server_crash(void **state)
 {
   (void)state;
-  mqc_fault_run("nats kill -9 + restart", mqc_fault_n(), crash_and_restart, NULL);
+  mqc_fault_run("nats kill -9 + restart", mqc_fault_n(), mqc_kill_and_restart,
+                (void *)"nats");
 }
 
 int main(void)

@@ -54,20 +54,13 @@ static void bad_credentials(void **state)
   assert_non_null(strstr(tl_error_last(), "login"));
 }
 
-static void crash_and_restart(void *ctx)
-{
-  (void)ctx;
-  mqc_services("kill rabbitmq >/dev/null");
-  tl_sleep_us(1000000);
-  mqc_services("start rabbitmq >/dev/null");
-}
-
 /* The server dies (SIGKILL) in the middle of a stream of confirmed
  * publishes and comes back: every confirmed message is delivered. */
 static void fault_server_crash(void **state)
 {
   (void)state;
-  mqc_fault_run("rabbitmq kill -9 + restart", mqc_fault_n(), crash_and_restart, NULL);
+  mqc_fault_run("rabbitmq kill -9 + restart", mqc_fault_n(), mqc_kill_and_restart,
+                (void *)"rabbitmq");
 }
 
 int main(void)
