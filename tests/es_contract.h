@@ -23,6 +23,7 @@
 #include <trellis/error.h>
 #include <trellis/eventstore.h>
 #include <trellis/log.h>
+#include <trellis/metrics.h>
 
 #pragma GCC diagnostic ignored "-Wunused-function"
 
@@ -335,6 +336,29 @@ static void esc_temporal(void **state)
   tl_event_list_free(l);
 }
 
+/* Wait until the last event of `stream` is readable in $all. On
+ * PostgreSQL a committed event stays below the horizon while an older
+ * transaction anywhere on the server runs (other tests share it). */
+static void esc_wait_visible(const char *stream)
+{
+  tl_event_list *l;
+  esc_ok(tl_es_read_stream(esc_es, stream, &(tl_es_read_opts){ .backward = true, .max_count = 1 },
+                           &l), "last");
+  assert_int_equal(l->count, 1);
+  tl_es_checkpoint cp;
+  esc_ok(tl_es_checkpoint_at(esc_es, l->events[0].position, &cp), "checkpoint");
+  tl_event_list_free(l);
+  int64_t end = tl_time_mono_us() + 30000000;
+  size_t n = 0;
+  while (n == 0 && tl_time_mono_us() < end) {
+    esc_ok(tl_es_read_all(esc_es, &cp, NULL, 1, &l), "visible");
+    n = l->count;
+    tl_event_list_free(l);
+    if (n == 0) tl_sleep_us(5000);
+  }
+  assert_int_equal(n, 1);
+}
+
 static void esc_all_and_category(void **state)
 {
   (void)state;
@@ -347,6 +371,7 @@ static void esc_all_and_category(void **state)
     tl_event e = esc_ev(i % 2 ? s1 : s2, i % 3 ? "Tick" : "Tock", "{}");
     esc_ok(tl_es_append_to(esc_es, e.aggregate_id, TL_ES_ANY, &e, 1), "append");
   }
+  esc_wait_visible(s2); /* the last one went to s2 */
   tl_es_checkpoint cp = { 0, 0 };
   tl_es_filter f = { .category = cat };
   int total = 0;
@@ -453,6 +478,7 @@ static void esc_metadata_delete_truncate(void **state)
   tl_event e = esc_ev(s, "A", "{}");
   esc_ok(tl_es_append_to(esc_es, s, TL_ES_NO_STREAM, &e, 1), "first");
   esc_fill(s, 5, "B");
+  esc_wait_visible(s);
   esc_ok(tl_es_stream_truncate_before(esc_es, s, 4), "truncate");
   tl_event_list *l;
   esc_ok(tl_es_get_events(esc_es, s, &l), "read");
@@ -721,6 +747,82 @@ static void esc_subscription_lease(void **state)
   free(b.pos);
 }
 
+/* ---- subscription lag gauges --------------------------------------------- */
+
+typedef struct esc_gate {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool entered, open;
+  size_t handled;
+} esc_gate;
+
+/* Holds the first event until the test opens the gate. */
+static int esc_gate_handler(const tl_event *ev, tl_tx *tx, void *ctx)
+{
+  (void)ev, (void)tx;
+  esc_gate *g = ctx;
+  pthread_mutex_lock(&g->mu);
+  g->entered = true;
+  pthread_cond_broadcast(&g->cv);
+  while (!g->open) pthread_cond_wait(&g->cv, &g->mu);
+  g->handled++;
+  pthread_mutex_unlock(&g->mu);
+  return 0;
+}
+
+static double esc_gauge(tl_metrics *reg, const char *name, const char *sub)
+{
+  tl_metric *m;
+  esc_ok(tl_metrics_gauge(reg, name, "x", "subscription", &m), name);
+  return tl_series_value(tl_metric_series(m, TL_LABELS(sub)));
+}
+
+/* trellis_es_subscription_lag_events counts what is visible and not yet
+ * handled (past the batch too), _lag_seconds is the age of the oldest of
+ * them; both are 0 once caught up. */
+static void esc_subscription_lag_metrics(void **state)
+{
+  (void)state;
+  char cat[64], name[96], stream[96];
+  snprintf(cat, sizeof cat, "lag%d", (int)getpid());
+  snprintf(name, sizeof name, "%s-sub", cat);
+  snprintf(stream, sizeof stream, "%s-1", cat);
+  tl_metrics *reg;
+  esc_ok(tl_metrics_new(&reg), "registry");
+  tl_es *es;
+  esc_ok(tl_es_open(&es, &(tl_es_config){ .db = esc_db, .metrics = reg }), "open");
+  for (int i = 0; i < 30; i++) {
+    tl_event e = esc_ev(stream, "Lagged", "{}");
+    esc_ok(tl_es_append_to(es, stream, TL_ES_ANY, &e, 1), "append");
+  }
+  tl_sleep_us(300000); /* the oldest is at least this old */
+  esc_gate g = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+  tl_es_sub_opts o = { .name = name, .filter = { .category = cat }, .batch = 5,
+                       .poll_max_us = 20000 };
+  tl_es_sub *sub;
+  esc_ok(tl_es_subscribe(es, &o, esc_gate_handler, &g, &sub), "subscribe");
+  pthread_mutex_lock(&g.mu);
+  while (!g.entered) pthread_cond_wait(&g.cv, &g.mu);
+  pthread_mutex_unlock(&g.mu);
+  assert_int_equal((int)esc_gauge(reg, "trellis_es_subscription_lag_events", name), 30);
+  double age = esc_gauge(reg, "trellis_es_subscription_lag_seconds", name);
+  assert_true(age >= 0.3 && age < 60);
+  pthread_mutex_lock(&g.mu);
+  g.open = true;
+  pthread_cond_broadcast(&g.cv);
+  pthread_mutex_unlock(&g.mu);
+  int64_t end = tl_time_mono_us() + 10000000;
+  while (tl_time_mono_us() < end &&
+         (esc_gauge(reg, "trellis_es_subscription_lag_events", name) != 0 || g.handled < 30))
+    tl_sleep_us(5000);
+  assert_int_equal(g.handled, 30);
+  assert_true(esc_gauge(reg, "trellis_es_subscription_lag_events", name) == 0);
+  assert_true(esc_gauge(reg, "trellis_es_subscription_lag_seconds", name) == 0);
+  tl_es_sub_stop(sub);
+  tl_es_close(es);
+  tl_metrics_free(reg);
+}
+
 /* ---- no skipped events -------------------------------------------------- */
 
 /* Writers hold their transaction open a random while after inserting and
@@ -970,6 +1072,7 @@ static int esc_run(const char *url, const char *name)
     ESC_TEST(esc_subscription_catchup_live),
     ESC_TEST(esc_subscription_transactional),
     ESC_TEST(esc_subscription_lease),
+    ESC_TEST(esc_subscription_lag_metrics),
     ESC_TEST(esc_no_skip),
     ESC_TEST(esc_projection_rebuild),
   };

@@ -39,12 +39,17 @@ static int64_t jc_clock(void *ctx)
   return atomic_load(&jc_now);
 }
 
-#define JC_WAIT(cond, ms)                                     \
-  do {                                                        \
-    for (int w_ = 0; w_ < (ms) && !(cond); w_++)              \
-      tl_sleep_us(1000);                                      \
-    if (!(cond))                                              \
-      fail_msg("timed out waiting for: %s", #cond);           \
+/* Wait up to `ms` of real time for `cond`. It is evaluated once per
+ * look and the last look decides: a condition that can turn false again
+ * (a count of running jobs) must not be read a second time. */
+#define JC_WAIT(cond, ms)                                                \
+  do {                                                                   \
+    int64_t until_ = tl_time_mono_us() + (int64_t)(ms) * 1000;           \
+    bool ok_;                                                            \
+    while (!(ok_ = (cond)) && tl_time_mono_us() < until_)                \
+      tl_sleep_us(1000);                                                 \
+    if (!ok_)                                                            \
+      fail_msg("timed out after %d ms waiting for: %s", (int)(ms), #cond); \
   } while (0)
 
 static void jc_exec(tl_db *db, const char *sql)
@@ -146,6 +151,24 @@ static tl_job_state jc_state(tl_jobs *ex, int64_t id)
   return s;
 }
 
+/* A series of jc_reg: `family` is a counter or gauge with `labels`
+ * (comma-separated) and the values given. */
+static double jc_metric(const char *family, bool counter, const char *labels,
+                        const char *const *values, size_t n)
+{
+  tl_metric *m;
+  int rc = counter ? tl_metrics_counter(jc_reg, family, "", labels, &m)
+                   : tl_metrics_gauge(jc_reg, family, "", labels, &m);
+  if (rc)
+    fail_msg("metric %s: %s", family, tl_error_last());
+  return tl_series_value(tl_metric_series(m, values, n));
+}
+
+static double jc_cron_missed(const char *schedule)
+{
+  return jc_metric("trellis_jobs_cron_missed_total", true, "schedule", TL_LABELS(schedule));
+}
+
 /* ---- priority and FIFO ------------------------------------------------------- */
 
 static pthread_mutex_t jc_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -220,6 +243,59 @@ static void submit_many_runs_all(void **state)
   assert_int_equal(tl_jobs_close(ex), 0);
   assert_int_equal(jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs WHERE state = 'completed'"),
                    200);
+}
+
+/* Several programs may share the table, each with its own kinds: an
+ * executor takes only the kinds registered with it, and a job of another
+ * kind waits for a worker of its kind instead of being discarded. */
+static void jobs_of_other_kinds_wait(void **state)
+{
+  (void)state;
+  atomic_store(&jc_runs, 0);
+  jc_norder = 0;
+  tl_jobs *a = jc_open(1, true, false);
+  assert_int_equal(tl_jobs_register(a, &(tl_worker){ .kind = "rec", .execute = jc_record }), 0);
+  for (int i = 0; i < 3; i++)
+    jc_submit_n(a, "rec", i, 0, NULL);
+  assert_int_equal(tl_jobs_close(a), 0);
+  /* Running, with no kind registered yet, then with another kind. */
+  tl_jobs *b = jc_open(2, false, false);
+  tl_sleep_us(100000);
+  assert_int_equal(tl_jobs_register(b, &(tl_worker){ .kind = "other", .execute = jc_record }),
+                   0);
+  tl_sleep_us(200000);
+  assert_int_equal(atomic_load(&jc_runs), 0);
+  assert_int_equal(jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs WHERE state ="
+                                    " 'available' AND attempt = 0"), 3);
+  assert_int_equal(tl_jobs_register(b, &(tl_worker){ .kind = "rec", .execute = jc_record }), 0);
+  JC_WAIT(atomic_load(&jc_runs) == 3, 5000);
+  assert_int_equal(tl_jobs_close(b), 0);
+  assert_int_equal(jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs WHERE state ="
+                                    " 'completed'"), 3);
+}
+
+/* trellis_jobs_oldest_pending_age_seconds{queue}: how long the oldest job
+ * that is due and not running has waited (0 when none), updated every
+ * second by the executor. */
+static void oldest_pending_age(void **state)
+{
+  (void)state;
+  atomic_store(&jc_runs, 0);
+  tl_jobs *ex = jc_open(1, true, true);
+  assert_int_equal(tl_jobs_register(ex, &(tl_worker){ .kind = "rec", .execute = jc_record }), 0);
+  assert_int_equal(tl_jobs_submit(ex, "rec", "{\"n\":1}", &(tl_job_opts){ .queue = "aged" }),
+                   0);
+  assert_int_equal(tl_jobs_submit(ex, "rec", "{\"n\":2}", &(tl_job_opts){
+                     .queue = "aged", .delay_us = INT64_C(60000000) }), 0);
+  atomic_fetch_add(&jc_now, INT64_C(90000000));
+  /* Due since 90 s (the other one since 30 s): the oldest counts. */
+  JC_WAIT(jc_metric("trellis_jobs_oldest_pending_age_seconds", false, "queue",
+                    TL_LABELS("aged")) == 90.0, 5000);
+  tl_jobs_resume(ex);
+  JC_WAIT(atomic_load(&jc_runs) == 2, 5000);
+  JC_WAIT(jc_metric("trellis_jobs_oldest_pending_age_seconds", false, "queue",
+                    TL_LABELS("aged")) == 0.0, 5000);
+  assert_int_equal(tl_jobs_close(ex), 0);
 }
 
 /* ---- retries, backoff, discard --------------------------------------------------- */
@@ -460,6 +536,10 @@ static void expired_lease_runs_again(void **state)
            " ('rec', 'default', '{\"n\":43}', 'running', 0, %lld, 1, 1, %lld, 'gone:1', 6, %lld)",
            (long long)JC_T0, (long long)JC_T0, (long long)(JC_T0 + 2000000));
   jc_exec(jc_db, sql);
+  double discarded0 = jc_metric("trellis_jobs_finished_total", true, "kind,outcome",
+                                TL_LABELS("rec", "discarded"));
+  double lost0 = jc_metric("trellis_jobs_finished_total", true, "kind,outcome",
+                           TL_LABELS("rec", "lost"));
   tl_jobs *ex = NULL;
   tl_jobs_config cfg = { .workers = 1, .poll_us = 20000, .metrics = jc_reg, .db = jc_db,
                          .clock = jc_clock, .lease_us = 3000000 };
@@ -481,6 +561,11 @@ static void expired_lease_runs_again(void **state)
   assert_string_equal(l->items[1].last_error, "lease expired: the worker was lost");
   tl_job_list_free(l);
   assert_int_equal(tl_jobs_close(ex), 0);
+  /* The executor that recovered them counted both, by kind. */
+  assert_true(jc_metric("trellis_jobs_finished_total", true, "kind,outcome",
+                        TL_LABELS("rec", "discarded")) == discarded0 + 1);
+  assert_true(jc_metric("trellis_jobs_finished_total", true, "kind,outcome",
+                        TL_LABELS("rec", "lost")) == lost0 + 1);
 }
 
 /* ---- cron slots ------------------------------------------------------------------------------------ */
@@ -526,6 +611,7 @@ static void cron_slot_runs_once_across_executors(void **state)
     assert_int_equal(jc_slots[i], JC_T0 + (i + 1) * INT64_C(60000000));
   assert_int_equal(jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs_cron_slots"), 3);
   tl_jobs_close(a), tl_jobs_close(b), tl_jobs_close(c);
+  double missed0 = jc_cron_missed("tick");
 
   /* Every replica down for 10 minutes: the latest missed slot runs once
    * at start-up, or none with skip. */
@@ -539,6 +625,8 @@ static void cron_slot_runs_once_across_executors(void **state)
   assert_int_equal(atomic_load(&jc_nslots), 1);
   assert_int_equal(jc_slots[0], JC_T0 + 13 * INT64_C(60000000));
   tl_jobs_close(a), tl_jobs_close(b);
+  /* Missed, counted once among the replicas: 4 to 12 skipped, 13 caught up. */
+  assert_true(jc_cron_missed("tick") == missed0 + 10);
 
   atomic_store(&jc_nslots, 0);
   atomic_store(&jc_now, JC_T0 + 20 * INT64_C(60000000) + 30000000);
@@ -551,6 +639,7 @@ static void cron_slot_runs_once_across_executors(void **state)
   JC_WAIT(atomic_load(&jc_nslots) == 1, 5000);
   assert_int_equal(jc_slots[0], JC_T0 + 21 * INT64_C(60000000));
   tl_jobs_close(a);
+  assert_true(jc_cron_missed("tick") == missed0 + 10 + 7); /* 14 to 20 skipped */
 }
 
 /* ---- shutdown ---------------------------------------------------------------------------------------- */
@@ -574,6 +663,38 @@ static void shutdown_returns_unfinished_jobs(void **state)
   assert_int_equal(tl_jobs_close(ex), TL_ETIMEOUT);
 }
 
+
+/* ---- waking across processes (PostgreSQL) ------------------------------------------ */
+
+/* An idle executor that would look again only after 10 s starts a job
+ * submitted by another executor, on another pool, within 2 s: the
+ * submitter's NOTIFY wakes it. Without the notification this fails. */
+static void jc_wakes_across_pools(void **state)
+{
+  (void)state;
+  jc_clean(NULL);
+  atomic_store(&jc_runs, 0);
+  tl_db *other;
+  tl_db_config c = { .url = jc_url, .max_connections = 4 };
+  assert_int_equal(tl_db_connect(&other, &c), 0);
+  tl_jobs *idle = NULL, *sub = NULL;
+  tl_jobs_config ic = { .workers = 2, .poll_us = 10000000, .metrics = jc_reg, .db = other };
+  assert_int_equal(tl_jobs_open(&idle, &ic), 0);
+  assert_int_equal(tl_jobs_register(idle, &(tl_worker){ .kind = "rec", .execute = jc_record }),
+                   0);
+  tl_jobs_config sc = { .workers = 1, .paused = true, .metrics = jc_reg, .db = jc_db };
+  assert_int_equal(tl_jobs_open(&sub, &sc), 0);
+  assert_int_equal(tl_jobs_register(sub, &(tl_worker){ .kind = "rec", .execute = jc_record }),
+                   0);
+  for (int round = 1; round <= 3; round++) {
+    tl_sleep_us(300000); /* the idle executor's workers are asleep for 10 s */
+    jc_submit_n(sub, "rec", round, 0, NULL);
+    JC_WAIT(atomic_load(&jc_runs) == round, 2000);
+  }
+  assert_int_equal(tl_jobs_close(sub), 0);
+  assert_int_equal(tl_jobs_close(idle), 0);
+  tl_db_close(other);
+}
 
 /* ---- fault tests: other processes on the same database ---------------------------- */
 
@@ -612,11 +733,13 @@ static void jc_make_fault_tables(tl_db *db)
   tl_db_exec(db, NULL, "DROP TABLE IF EXISTS jc_done", TL_NOARGS);
   tl_db_exec(db, NULL, "DROP TABLE IF EXISTS jc_ticks", TL_NOARGS);
   tl_db_exec(db, NULL, "DROP TABLE IF EXISTS jc_life", TL_NOARGS);
+  tl_db_exec(db, NULL, "DROP TABLE IF EXISTS jc_held", TL_NOARGS);
   jc_exec(db, "CREATE TABLE jc_done (job_id BIGINT PRIMARY KEY, pid BIGINT NOT NULL)");
   jc_exec(db, "CREATE TABLE jc_ticks (slot_us BIGINT NOT NULL, job_id BIGINT NOT NULL,"
               " pid BIGINT NOT NULL)");
   jc_exec(db, "CREATE TABLE jc_life (pid BIGINT NOT NULL, up_us BIGINT NOT NULL,"
               " down_us BIGINT NOT NULL)");
+  jc_exec(db, "CREATE TABLE jc_held (id BIGINT PRIMARY KEY)");
 }
 
 /* The body of a child process: `mode` is "crash" (run slow jobs until
@@ -736,31 +859,57 @@ static void jc_crash_test(void **state)
   assert_int_equal(tl_jobs_submit_many(ex, "done", args, N, NULL), 0);
   pid_t child = jc_spawn("crash", jc_url, 0);
   assert_true(child > 0);
-  /* Kill it at a moment it holds jobs: between two fetches it may hold
-   * none for an instant. */
-  JC_WAIT(jc_scalar(jc_db, "SELECT COUNT(*) FROM jc_done") >= 40 &&
-          jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs WHERE state = 'running'") > 0,
-          60000);
+  /* Kill it at a moment it holds jobs. Between two fetches it may hold
+   * none, so it is stopped first: what it holds cannot change between
+   * the look and the kill (a statement it sent just before the stop has
+   * a moment to finish). The jobs it held are kept in jc_held. */
+  int64_t held = 0;
+  for (int tries = 0; held == 0; tries++) {
+    assert_true(tries < 50);
+    if (tries)
+      kill(child, SIGCONT);
+    JC_WAIT(jc_scalar(jc_db, "SELECT COUNT(*) FROM jc_done") >= 40 &&
+            jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs WHERE state = 'running'") > 0,
+            60000);
+    kill(child, SIGSTOP);
+    tl_sleep_us(200000);
+    held = jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs WHERE state = 'running'");
+  }
+  /* Read without locking: a stopped fetch transaction may hold row locks. */
+  int64_t ids[N];
+  size_t nids = 0;
+  tl_rows *r;
+  assert_int_equal(tl_db_query(jc_db, &r, "SELECT id FROM trellis_jobs WHERE state = 'running'",
+                               TL_NOARGS), 0);
+  while (nids < N && tl_rows_next(r) == 1)
+    tl_rows_int(r, 0, &ids[nids++]);
+  tl_rows_free(r);
   kill(child, SIGKILL);
   int st;
   waitpid(child, &st, 0);
   assert_true(WIFSIGNALED(st));
-  int64_t before = jc_scalar(jc_db, "SELECT COUNT(*) FROM jc_done");
-  assert_true(before < N);
+  assert_int_equal(nids, held);
+  for (size_t i = 0; i < nids; i++)
+    assert_int_equal(tl_db_exec(jc_db, NULL, "INSERT INTO jc_held (id) VALUES ($1)",
+                                TL_ARGS(tl_int(ids[i]))), 0);
+  assert_true(jc_scalar(jc_db, "SELECT COUNT(*) FROM jc_done") < N);
   tl_jobs_resume(ex);
-  for (int i = 0; i < 1200 && jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs WHERE state ="
-                                               " 'completed'") < N; i++)
+  int64_t done = 0, until = tl_time_mono_us() + 120000000;
+  while ((done = jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs WHERE state ="
+                                  " 'completed'")) < N && tl_time_mono_us() < until)
     tl_sleep_us(100000);
-  if (jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs WHERE state = 'completed'") < N)
+  if (done < N) {
     jc_dump_states();
-  JC_WAIT(jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs WHERE state = 'completed'") == N,
-          60000);
+    fail_msg("%lld of %d jobs completed after the crash", (long long)done, N);
+  }
   assert_int_equal(tl_jobs_close(ex), 0);
   assert_int_equal(jc_scalar(jc_db, "SELECT COUNT(*) FROM jc_done"), N);
   assert_int_equal(jc_scalar(jc_db, "SELECT COUNT(DISTINCT job_id) FROM jc_done"), N);
-  /* The jobs the dead process held counted a lost attempt. */
-  assert_true(jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs WHERE last_error ="
-                               " 'lease expired: the worker was lost'") > 0);
+  /* Every job the dead process held counted a lost attempt, then ran. */
+  assert_int_equal(jc_scalar(jc_db, "SELECT COUNT(*) FROM jc_held"), held);
+  assert_int_equal(jc_scalar(jc_db, "SELECT COUNT(*) FROM trellis_jobs j JOIN jc_held h ON"
+                                    " h.id = j.id WHERE j.attempt >= 2 AND j.last_error ="
+                                    " 'lease expired: the worker was lost'"), held);
 }
 
 /* Three processes run the same per-second schedule for `secs` seconds.
@@ -873,6 +1022,8 @@ static int jc_run(const char *name)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test_setup(priority_then_fifo, jc_clean),
     cmocka_unit_test_setup(submit_many_runs_all, jc_clean),
+    cmocka_unit_test_setup(jobs_of_other_kinds_wait, jc_clean),
+    cmocka_unit_test_setup(oldest_pending_age, jc_clean),
     cmocka_unit_test_setup(retries_back_off_then_discard, jc_clean),
     cmocka_unit_test_setup(unique_keys, jc_clean),
     cmocka_unit_test_setup(snooze_does_not_count_an_attempt, jc_clean),
@@ -884,6 +1035,28 @@ static int jc_run(const char *name)
   };
   return _cmocka_run_group_tests(name, tests, sizeof tests / sizeof tests[0], jc_group_setup,
                                  jc_group_teardown);
+}
+
+
+/* main() of a test on a database server: re-run as a child when asked;
+ * else make a database of its own on the server of `key` (`service` in
+ * scripts/services), run the contract suite, then `faults`, and drop the
+ * database. */
+static int jc_server_main(int argc, char **argv, const char *key, const char *service,
+                          const char *suite, const struct CMUnitTest *faults, size_t nfaults)
+{
+  if (argc == 5 && !strcmp(argv[1], "child"))
+    return jc_child_main(argv[2], argv[3], atoi(argv[4]));
+  char base[512], name[64], group[80];
+  tl_test_service_url(key, service, base, sizeof base);
+  snprintf(name, sizeof name, "trellis_jobs_%d", (int)getpid());
+  if (jc_make_database(base, name, jc_url, sizeof jc_url) != 0)
+    return 1;
+  int failed = jc_run(suite);
+  snprintf(group, sizeof group, "%s_processes", suite);
+  failed += _cmocka_run_group_tests(group, faults, nfaults, jc_group_setup, jc_group_teardown);
+  jc_drop_database(base, name);
+  return failed;
 }
 
 #endif

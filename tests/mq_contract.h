@@ -533,6 +533,72 @@ static void mqc_headers(void **state)
   MQC_OK(tl_mq_close(mq));
 }
 
+struct mqc_id_cb {
+  atomic_int calls;
+  char id[40];
+};
+
+static void mqc_id_cb(int status, const char *id, void *ctx)
+{
+  struct mqc_id_cb *a = ctx;
+  if (status == 0)
+    snprintf(a->id, sizeof a->id, "%s", id ? id : "");
+  atomic_fetch_add(&a->calls, 1);
+}
+
+/* A publisher's message id reaches the consumer as tl_mq_msg.id and the
+ * message-id header (sync, async and batch); without one it is a UUIDv7;
+ * a bad one is refused naming it. Ids carry the run token: JetStream
+ * drops a repeated id within its duplicate window. */
+static void mqc_message_id(void **state)
+{
+  (void)state;
+  tl_mq *mq = mqc_open();
+  char subj[128], id1[40], id2[40], id3[40];
+  mqc_subj(subj, sizeof subj, "msgid");
+  snprintf(id1, sizeof id1, "%s-evt-1", mqc_token());
+  snprintf(id2, sizeof id2, "%s-evt-2", mqc_token());
+  snprintf(id3, sizeof id3, "%s-evt-3", mqc_token());
+  mqc_col c;
+  mqc_col_init(&c, MQC_ACK);
+  tl_mq_sub *sub;
+  MQC_OK(tl_mq_subscribe(mq, subj, mqc_handler, &c, NULL, &sub));
+  tl_mq_message m = { .subject = subj, .data = "1", .len = 1, .id = id1 };
+  MQC_OK(tl_mq_publish_msg(mq, &m));
+  assert_int_equal(mqc_wait(&c, 1, MQC_WAIT_US), 1);
+  struct mqc_id_cb a = { 0 };
+  m = (tl_mq_message){ .subject = subj, .data = "2", .len = 1, .id = id2 };
+  MQC_OK(tl_mq_publish_async(mq, &m, mqc_id_cb, &a));
+  MQC_OK(tl_mq_flush(mq, MQC_WAIT_US));
+  assert_int_equal(atomic_load(&a.calls), 1);
+  assert_string_equal(a.id, id2);
+  assert_int_equal(mqc_wait(&c, 2, MQC_WAIT_US), 2);
+  tl_mq_message b[2] = { { .subject = subj, .data = "3", .len = 1, .id = id3 },
+                         { .subject = subj, .data = "4", .len = 1 } };
+  MQC_OK(tl_mq_publish_batch(mq, b, 2, NULL));
+  assert_int_equal(mqc_wait(&c, 4, MQC_WAIT_US), 4);
+  const char *want[] = { id1, id2, id3 };
+  uint8_t bytes[16];
+  pthread_mutex_lock(&c.mu);
+  for (size_t i = 0; i < 4; i++) {
+    int k = c.recs[i].data[0] - '1';
+    if (k < 3)
+      assert_string_equal(c.recs[i].id, want[k]);
+    else
+      assert_int_equal(tl_uuid_parse(c.recs[i].id, bytes), 0);
+  }
+  pthread_mutex_unlock(&c.mu);
+  const char *bad[] = { "", "0123456789012345678901234567890123456", "a\r\nb" };
+  for (size_t i = 0; i < 3; i++) {
+    m.id = bad[i];
+    assert_int_equal(tl_mq_publish_msg(mq, &m), TL_EINVAL);
+    assert_non_null(strstr(tl_error_last(), "message id"));
+  }
+  MQC_OK(tl_mq_unsubscribe(sub));
+  mqc_col_free(&c);
+  MQC_OK(tl_mq_close(mq));
+}
+
 /* A 1 MiB payload arrives whole. */
 static void mqc_large_payload(void **state)
 {
@@ -937,6 +1003,7 @@ __attribute__((unused)) static void mqc_kill_and_restart(void *ctx)
   cmocka_unit_test(mqc_reject),                              \
   cmocka_unit_test(mqc_key_order),                           \
   cmocka_unit_test(mqc_headers),                             \
+  cmocka_unit_test(mqc_message_id),                          \
   cmocka_unit_test(mqc_large_payload),                       \
   cmocka_unit_test(mqc_concurrent_publishers),               \
   cmocka_unit_test(mqc_async_and_batch),                     \

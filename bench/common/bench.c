@@ -149,7 +149,7 @@ static void print_header_once(void)
 }
 
 static void report(const bench_spec *spec, const bench_metric *m, const double *ours,
-                   const double *base, int rounds)
+                   const double *base, int rounds, bench_result *result)
 {
   double ratios[BENCH_MAX_ROUNDS] = {0};
   double om = bench_median(ours, rounds), bm = bench_median(base, rounds);
@@ -160,6 +160,8 @@ static void report(const bench_spec *spec, const bench_metric *m, const double *
     ratios[i] = better_ratio(ours[i], base[i], m->lower_is_better);
   min_max(ratios, rounds, &rlo, &rhi);
 
+  if (result != NULL)
+    *result = (bench_result){om, bm, ratio};
   snprintf(unit, sizeof unit, "%s%s", m->unit, m->lower_is_better ? " (lower is better)" : "");
   fmt_figure(o, sizeof o, om);
   fmt_figure(b, sizeof b, bm);
@@ -247,7 +249,8 @@ int bench_compare(const bench_spec *spec)
             spec->metrics[0].unit);
   }
   for (int k = 0; k < nm; k++)
-    report(spec, &spec->metrics[k], &ours[k * rounds], &base[k * rounds], rounds);
+    report(spec, &spec->metrics[k], &ours[k * rounds], &base[k * rounds], rounds,
+           spec->results != NULL ? &spec->results[k] : NULL);
   rc = 0;
 out:
   free(ours);
@@ -290,4 +293,28 @@ int bench_compare1(const char *bench, const char *case_name, const char *unit,
     return -1;
   }
   return bench_compare(&spec);
+}
+
+const char *bench_service_url(const char *key, char *buf, size_t size)
+{
+  const char *env = getenv(key);
+  if (env && *env) {
+    snprintf(buf, size, "%s", env);
+    return buf;
+  }
+  const char *path = getenv("TRELLIS_SERVICES_ENV");
+  FILE *f = fopen(path && *path ? path : "/tmp/trellis-services/services.env", "r");
+  if (!f) return NULL;
+  char line[1024];
+  const char *found = NULL;
+  size_t k = strlen(key);
+  while (!found && fgets(line, sizeof line, f)) {
+    if (strncmp(line, key, k) == 0 && line[k] == '=') {
+      line[strcspn(line, "\r\n")] = '\0';
+      snprintf(buf, size, "%s", line + k + 1);
+      found = buf;
+    }
+  }
+  fclose(f);
+  return found;
 }

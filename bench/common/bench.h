@@ -29,6 +29,7 @@
 #define TRELLIS_BENCH_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -66,6 +67,14 @@ typedef struct bench_metric {
  * printing why on stderr: the comparison then stops. */
 typedef int (*bench_run_fn)(void *ctx, double *figures);
 
+/* The figures of one metric as reported: the two medians and their ratio
+ * (> 1: trellis did better). */
+typedef struct bench_result {
+  double ours;
+  double baseline;
+  double ratio;
+} bench_result;
+
 /* A comparison: the same metrics measured by two functions. Strings are
  * borrowed for the duration of bench_compare(). */
 typedef struct bench_spec {
@@ -80,6 +89,7 @@ typedef struct bench_spec {
   void *baseline_ctx;
   int rounds;                /* 0: bench_rounds(0) */
   int warmups;               /* 0: bench_warmups(); < 0: none */
+  bench_result *results;     /* NULL, or nmetrics results, written on success */
 } bench_spec;
 
 /* Alternate ours and baseline (A B A B ...) for the warm-up and the
@@ -98,6 +108,12 @@ int bench_compare1(const char *bench, const char *case_name, const char *unit,
 
 /* Median of `n` values (n >= 1); `v` is not modified. */
 double bench_median(const double *v, int n);
+
+/* The URL scripts/services wrote for `key` ("TRELLIS_TEST_REDIS_URL"):
+ * from the environment, else from $TRELLIS_SERVICES_ENV (default
+ * /tmp/trellis-services/services.env), copied into `buf`. NULL when
+ * neither has it (the caller skips its cases, saying so on stderr). */
+const char *bench_service_url(const char *key, char *buf, size_t size);
 
 #ifdef __cplusplus
 }

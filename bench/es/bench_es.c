@@ -1,25 +1,112 @@
-/* Event store throughput against plain INSERTs of the same rows at the
- * same durability, on SQLite (WAL, synchronous=NORMAL) and PostgreSQL
- * (when TRELLIS_TEST_POSTGRES_URL or the services file names one):
- * appends of 1 and 100 events per call, 1 and 8 writers, 1 and 1,000
- * streams; replay (read $all) events/s. */
+/* The event store against plain SQL doing the same work in the same run,
+ * on the same server and database with the same durability:
+ *  - appends of 1 and 100 events per call, with 1 and 8 writers, to 1 and
+ *    1,000 streams, on SQLite (WAL, synchronous=NORMAL), PostgreSQL and
+ *    MariaDB, against plain INSERTs of the same rows into a table with the
+ *    same definition and indexes, one statement per call, autocommit;
+ *  - replay: $all read in batches against one SELECT of the same rows;
+ *  - subscription lag p50/p99 on SQLite and PostgreSQL (lag.c).
+ * PostgreSQL and MariaDB come from scripts/services (the environment or
+ * its env file) and run in a database of their own, dropped at the end.
+ * `bench_es [TEXT]` runs only the cases whose name contains TEXT. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include <trellis/trellis.h>
-#include <trellis/eventstore.h>
+#include "bench_es.h"
+#include "benchdb.h"
 
-#include "bench.h"
+#define MAX_PER_CALL 100
+
+static const char *only; /* argv[1] */
+
+bool bes_selected(const char *name) { return !only || strstr(name, only); }
+
+/* Does the command line leave database `prefix` ("pg_") in? It does
+ * unless it names another database's cases. */
+static bool db_selected(const char *prefix)
+{
+  static const char *const all[] = { "sqlite_", "pg_", "mysql_" };
+  for (size_t i = 0; only && i < 3; i++)
+    if (!strncmp(only, all[i], strlen(all[i]))) return !strcmp(all[i], prefix);
+  return true;
+}
+
+/* ---- the baseline table ------------------------------------------------- */
+
+/* SQLite: the stored definitions of the table and its indexes, renamed. */
+static int sqlite_copy(bes_db *d, const char *table)
+{
+  tl_rows *r;
+  if (tl_db_query(d->db, &r, "SELECT sql FROM sqlite_master WHERE tbl_name = 'trellis_es_events' "
+                  "AND sql IS NOT NULL ORDER BY type DESC", TL_NOARGS))
+    return -1;
+  char *ddl[8];
+  int n = 0;
+  while (n < 8 && tl_rows_next(r) == 1) {
+    const char *s;
+    size_t len;
+    tl_rows_text(r, 0, &s, &len);
+    /* Every "trellis_es_events" (table and index names) becomes `table`. */
+    char *out = malloc(len * 2 + 64);
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+      if (!strncmp(s + i, "trellis_es_events", 17)) {
+        o += (size_t)sprintf(out + o, "%s", table);
+        i += 17;
+      } else {
+        out[o++] = s[i++];
+      }
+    }
+    out[o] = '\0';
+    ddl[n++] = out;
+  }
+  tl_rows_free(r);
+  int rc = n ? 0 : -1;
+  for (int i = 0; i < n; i++) {
+    if (!rc && tl_db_exec(d->db, NULL, ddl[i], TL_NOARGS)) rc = -1;
+    free(ddl[i]);
+  }
+  return rc;
+}
+
+int bes_plain_table(bes_db *d, const char *table)
+{
+  char sql[256];
+  snprintf(sql, sizeof sql, "DROP TABLE IF EXISTS %s", table);
+  tl_db_exec(d->db, NULL, sql, TL_NOARGS);
+  int rc;
+  if (d->dialect == TL_DB_SQLITE) {
+    rc = sqlite_copy(d, table);
+  } else if (d->dialect == TL_DB_POSTGRES) {
+    /* A sequence of its own, so neither side waits on the other's. */
+    snprintf(sql, sizeof sql, "CREATE TABLE %s (LIKE trellis_es_events INCLUDING ALL)", table);
+    rc = tl_db_exec(d->db, NULL, sql, TL_NOARGS);
+    snprintf(sql, sizeof sql, "CREATE SEQUENCE %s_seq OWNED BY %s.position", table, table);
+    if (!rc) rc = tl_db_exec(d->db, NULL, sql, TL_NOARGS);
+    snprintf(sql, sizeof sql, "ALTER TABLE %s ALTER position SET DEFAULT nextval('%s_seq')", table,
+             table);
+    if (!rc) rc = tl_db_exec(d->db, NULL, sql, TL_NOARGS);
+  } else {
+    snprintf(sql, sizeof sql, "CREATE TABLE %s LIKE trellis_es_events", table);
+    rc = tl_db_exec(d->db, NULL, sql, TL_NOARGS);
+    snprintf(sql, sizeof sql, "ALTER TABLE %s MODIFY position BIGINT NOT NULL AUTO_INCREMENT", table);
+    if (!rc) rc = tl_db_exec(d->db, NULL, sql, TL_NOARGS);
+  }
+  if (rc) fprintf(stderr, "bench_es: %s: table %s: %s\n", d->name, table, tl_error_last());
+  return rc ? -1 : 0;
+}
+
+/* ---- appends ------------------------------------------------------------ */
 
 typedef struct bcase {
-  tl_db *db;
-  tl_es *es;
+  bes_db *d;
   int writers, per_call, streams;
-  long events; /* per round, all writers */
-  const char *tag;
+  long events;       /* per round, all writers */
+  char plain_sql[MAX_PER_CALL * 64 + 256];
 } bcase;
 
 typedef struct wctx {
@@ -29,39 +116,44 @@ typedef struct wctx {
   int rc;
 } wctx;
 
-static _Atomic long bench_seq;
+static _Atomic long bench_seq, plain_version;
 
 static void *writer(void *arg)
 {
   wctx *w = arg;
   bcase *c = w->c;
   long calls = c->events / c->per_call / c->writers;
-  tl_event ev[100];
-  char stream[64];
+  tl_event ev[MAX_PER_CALL];
+  tl_value args[9 * MAX_PER_CALL];
+  char ids[MAX_PER_CALL][TL_UUID_STRLEN], stream[64], category[16];
+  snprintf(category, sizeof category, "b%db", (int)getpid());
   for (long i = 0; i < calls && !w->rc; i++) {
-    long s = (bench_seq++) % c->streams;
-    snprintf(stream, sizeof stream, "%s%s-%d-%ld", c->tag, w->baseline ? "b" : "o", w->id, s);
+    long s = atomic_fetch_add(&bench_seq, 1) % c->streams;
+    snprintf(stream, sizeof stream, "b%d%s-%d-%ld", (int)getpid(), w->baseline ? "b" : "o",
+             w->id, s);
     if (!w->baseline) {
       for (int k = 0; k < c->per_call; k++)
-        ev[k] = (tl_event){ .aggregate_id = stream, .event_type = "BenchHappened",
-                            .data = "{\"n\":1,\"payload\":\"0123456789abcdef\"}" };
-      w->rc = tl_es_append_to(c->es, stream, TL_ES_ANY, ev, (size_t)c->per_call);
+        ev[k] = (tl_event){ .aggregate_id = stream, .event_type = "BenchHappened", .data = BES_DATA };
+      w->rc = tl_es_append_to(c->d->es, stream, TL_ES_ANY, ev, (size_t)c->per_call);
       continue;
     }
-    /* The baseline: the same rows, one transaction, plain INSERTs. */
-    tl_tx *tx;
-    if ((w->rc = tl_db_begin(c->db, &tx)) != 0) break;
-    for (int k = 0; k < c->per_call && !w->rc; k++) {
-      char id[TL_UUID_STRLEN];
-      tl_uuid7(id);
-      w->rc = tl_tx_exec(tx, NULL, "INSERT INTO bench_es_plain (id, stream, category, type, version, "
-                         "data, metadata, schema_version, created_us) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-                         TL_ARGS(tl_text(id), tl_text(stream), tl_text(c->tag), tl_text("BenchHappened"),
-                                 tl_int(i * 100 + k), tl_json("{\"n\":1,\"payload\":\"0123456789abcdef\"}"),
-                                 tl_json("{}"), tl_int(1), tl_int(tl_time_now_us())));
+    /* The same rows with plain SQL: ids made here too, versions unique. */
+    long v0 = atomic_fetch_add(&plain_version, c->per_call);
+    int64_t now = tl_time_now_us();
+    size_t a = 0;
+    for (int k = 0; k < c->per_call; k++) {
+      tl_uuid7(ids[k]);
+      args[a++] = tl_text(ids[k]);
+      args[a++] = tl_text(stream);
+      args[a++] = tl_text(category);
+      args[a++] = tl_text("BenchHappened");
+      args[a++] = tl_int(v0 + k + 1);
+      args[a++] = tl_json(BES_DATA);
+      args[a++] = tl_json("{}");
+      args[a++] = tl_int(1);
+      args[a++] = tl_int(now);
     }
-    if (w->rc) tl_tx_rollback(tx);
-    else w->rc = tl_tx_commit(tx);
+    w->rc = tl_db_exec(c->d->db, NULL, c->plain_sql, args, a);
   }
   return NULL;
 }
@@ -91,20 +183,54 @@ static double run_side(bcase *c, bool baseline)
 static double ours(void *ctx) { return run_side(ctx, false); }
 static double base(void *ctx) { return run_side(ctx, true); }
 
-typedef struct rctx {
-  tl_es *es;
-  tl_db *db;
-} rctx;
+static int run_appends(bes_db *d)
+{
+  if (bes_plain_table(d, "bench_es_plain")) return -1;
+  /* Events per round: a round takes about a second. */
+  const struct { int writers, per_call, streams; long sqlite, server, quick; } cases[] = {
+    { 1, 1, 1, 20000, 4000, 100 },          { 8, 1, 1000, 20000, 16000, 400 },
+    { 1, 100, 1, 200000, 60000, 1000 },     { 8, 100, 1000, 200000, 80000, 1600 },
+    { 1, 1, 1000, 20000, 4000, 100 },
+  };
+  int rc = 0;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    bcase c = { d, cases[i].writers, cases[i].per_call, cases[i].streams,
+                bench_size(d->dialect == TL_DB_SQLITE ? cases[i].sqlite : cases[i].server,
+                           cases[i].quick), "" };
+    char cname[96], cond[400];
+    snprintf(cname, sizeof cname, "%s_append_%dper_%dw_%ds", d->name, c.per_call, c.writers,
+             c.streams);
+    if (!bes_selected(cname)) continue;
+    size_t len = (size_t)snprintf(c.plain_sql, sizeof c.plain_sql,
+                                  "INSERT INTO bench_es_plain (" BES_PLAIN_COLS ") VALUES ");
+    for (int k = 0; k < c.per_call; k++) {
+      len += (size_t)snprintf(c.plain_sql + len, sizeof c.plain_sql - len, "%s(", k ? "," : "");
+      for (int col = 0; col < 9; col++)
+        len += (size_t)snprintf(c.plain_sql + len, sizeof c.plain_sql - len, "%s$%d",
+                                col ? "," : "", k * 9 + col + 1);
+      len += (size_t)snprintf(c.plain_sql + len, sizeof c.plain_sql - len, ")");
+    }
+    snprintf(cond, sizeof cond, "%s; %d writer(s), %d event(s) per call, %d stream(s), expected "
+             "version any; baseline: one autocommit INSERT of the same rows per call into a copy "
+             "of the events table (same columns and indexes, no stream row)",
+             d->durability, c.writers, c.per_call, c.streams);
+    if (bench_compare1("es", cname, "events/s", false, "plain INSERT", cond, ours, &c, base, &c))
+      rc = -1;
+  }
+  return rc;
+}
+
+/* ---- replay ------------------------------------------------------------- */
 
 static double replay_ours(void *ctx)
 {
-  rctx *r = ctx;
+  bes_db *d = ctx;
   tl_es_checkpoint cp = { 0, 0 };
   long n = 0;
   uint64_t t0 = bench_now_ns();
   for (;;) {
     tl_event_list *l;
-    if (tl_es_read_all(r->es, &cp, NULL, 5000, &l)) return -1;
+    if (tl_es_read_all(d->es, &cp, NULL, 5000, &l)) return -1;
     if (!l->count) {
       tl_event_list_free(l);
       break;
@@ -118,11 +244,11 @@ static double replay_ours(void *ctx)
 
 static double replay_base(void *ctx)
 {
-  rctx *r = ctx;
+  bes_db *d = ctx;
   tl_rows *rows;
   long n = 0;
   uint64_t t0 = bench_now_ns();
-  if (tl_db_query(r->db, &rows, "SELECT position, tx, id, stream, category, type, version, data, "
+  if (tl_db_query(d->db, &rows, "SELECT position, tx, id, stream, category, type, version, data, "
                   "metadata, schema_version, created_us FROM trellis_es_events ORDER BY position",
                   TL_NOARGS))
     return -1;
@@ -136,88 +262,70 @@ static double replay_base(void *ctx)
   return (double)n / ((double)(bench_now_ns() - t0) / 1e9);
 }
 
-static int run_db(const char *url, const char *name)
+static int run_replay(bes_db *d)
 {
-  tl_db *db;
-  if (tl_db_connect(&db, &(tl_db_config){ .url = url, .max_connections = 10 })) {
-    fprintf(stderr, "bench_es: %s: %s\n", name, tl_error_last());
-    return -1;
-  }
-  tl_es *es;
-  if (tl_es_open(&es, &(tl_es_config){ .db = db })) {
-    fprintf(stderr, "bench_es: %s\n", tl_error_last());
-    return -1;
-  }
-  bool pg = tl_db_dialect_of(db) == TL_DB_POSTGRES;
-  tl_db_exec(db, NULL, "DROP TABLE IF EXISTS bench_es_plain", TL_NOARGS);
-  tl_db_exec(db, NULL, pg ? "CREATE TABLE bench_es_plain (position BIGSERIAL PRIMARY KEY, id VARCHAR(64) UNIQUE, "
-                            "stream VARCHAR(200), category VARCHAR(200), type VARCHAR(200), version BIGINT, "
-                            "data JSON, metadata JSON, schema_version INT, created_us BIGINT)"
-                          : "CREATE TABLE bench_es_plain (position INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, "
-                            "stream TEXT, category TEXT, type TEXT, version INTEGER, data TEXT, metadata TEXT, "
-                            "schema_version INTEGER, created_us INTEGER)",
-             TL_NOARGS);
-  char tag[32];
-  snprintf(tag, sizeof tag, "b%d", (int)getpid());
-  const struct { int writers, per_call, streams; long normal, quick; } cases[] = {
-    { 1, 1, 1, 2000, 100 },     { 8, 1, 1000, 8000, 400 },  { 1, 100, 1, 50000, 1000 },
-    { 8, 100, 1000, 80000, 1600 }, { 1, 1, 1000, 2000, 100 },
-  };
-  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    bcase c = { db, es, cases[i].writers, cases[i].per_call, cases[i].streams,
-                bench_size(cases[i].normal, cases[i].quick), tag };
-    char cname[96], cond[200];
-    snprintf(cname, sizeof cname, "%s_append_%dper_%dw_%ds", name, c.per_call, c.writers, c.streams);
-    snprintf(cond, sizeof cond, "%s, %d writer(s), %d event(s)/call, %d stream(s), one tx per call, "
-             "expected version any vs plain INSERT", pg ? "PostgreSQL fsync on" : "SQLite WAL synchronous=NORMAL",
-             c.writers, c.per_call, c.streams);
-    bench_compare1("es", cname, "events/s", false, "plain INSERT", cond, ours, &c, base, &c);
-  }
-  rctx r = { es, db };
   char cname[64];
-  snprintf(cname, sizeof cname, "%s_replay", name);
-  bench_compare1("es", cname, "events/s", false, "SELECT of the same rows",
-                 "read $all in batches of 5000 into event lists vs one SELECT streamed", replay_ours, &r,
-                 replay_base, &r);
-  tl_db_exec(db, NULL, "DROP TABLE IF EXISTS bench_es_plain", TL_NOARGS);
-  tl_es_close(es);
-  tl_db_close(db);
-  return 0;
+  snprintf(cname, sizeof cname, "%s_replay", d->name);
+  if (!bes_selected(cname)) return 0;
+  return bench_compare1("es", cname, "events/s", false, "SELECT of the same rows",
+                        "the whole log: $all in batches of 5000 into event lists vs one SELECT "
+                        "streamed", replay_ours, d, replay_base, d);
 }
 
-static const char *pg_url(char *buf, size_t size)
+/* ---- databases ---------------------------------------------------------- */
+
+static int run_db(const char *url, const char *name, const char *durability)
 {
-  const char *e = getenv("TRELLIS_TEST_POSTGRES_URL");
-  if (e && *e) return e;
-  FILE *f = fopen("/tmp/trellis-services/services.env", "r");
-  if (!f) return NULL;
-  char line[512];
-  const char *out = NULL;
-  while (fgets(line, sizeof line, f))
-    if (!strncmp(line, "TRELLIS_TEST_POSTGRES_URL=", 26)) {
-      line[strcspn(line, "\r\n")] = 0;
-      snprintf(buf, size, "%s", line + 26);
-      out = buf;
-    }
-  fclose(f);
-  return out;
+  bes_db d = { .name = name, .durability = durability };
+  if (tl_db_connect(&d.db, &(tl_db_config){ .url = url, .max_connections = 10 }) ||
+      tl_es_open(&d.es, &(tl_es_config){ .db = d.db })) {
+    fprintf(stderr, "bench_es: %s: %s\n", name, tl_error_last());
+    tl_db_close(d.db);
+    return -1;
+  }
+  d.dialect = tl_db_dialect_of(d.db);
+  int rc = run_appends(&d);
+  if (run_replay(&d)) rc = -1;
+  if (d.dialect != TL_DB_MYSQL && bes_lag(&d)) rc = -1;
+  tl_es_close(d.es);
+  tl_db_close(d.db);
+  return rc;
 }
 
-int main(void)
+/* A server from scripts/services, in a database of its own. */
+static int run_server(const char *key, const char *name, const char *durability)
+{
+  char base[512], url[600], dbname[64];
+  if (!bench_service_url(key, base, sizeof base)) {
+    fprintf(stderr, "bench_es: no %s (scripts/services start): %s cases skipped\n", key, name);
+    return 0;
+  }
+  snprintf(dbname, sizeof dbname, "trellis_bench_es_%d", (int)getpid());
+  if (bench_db_create(base, dbname, url, sizeof url)) return -1;
+  int rc = run_db(url, name, durability);
+  bench_db_drop(base, dbname);
+  return rc;
+}
+
+int main(int argc, char **argv)
 {
   tl_log_set_level(TL_LOG_ERROR);
-  char path[128], url[160], pbuf[512];
+  only = argc > 1 ? argv[1] : NULL;
+  char path[128], url[160];
   snprintf(path, sizeof path, "/tmp/trellis-bench-es-%d.db", (int)getpid());
   snprintf(url, sizeof url, "sqlite://%s", path);
-  int rc = run_db(url, "sqlite");
-  char p[200];
-  unlink(path);
-  snprintf(p, sizeof p, "%s-wal", path);
-  unlink(p);
-  snprintf(p, sizeof p, "%s-shm", path);
-  unlink(p);
-  const char *pu = pg_url(pbuf, sizeof pbuf);
-  if (pu) rc |= run_db(pu, "pg");
-  else fprintf(stderr, "bench_es: no PostgreSQL (scripts/services start postgres): skipped\n");
+  int rc = 0;
+  if (db_selected("sqlite_")) rc |= run_db(url, "sqlite", "SQLite WAL, synchronous=NORMAL");
+  const char *ext[] = { "", "-wal", "-shm" };
+  for (int i = 0; i < 3; i++) {
+    char p[200];
+    snprintf(p, sizeof p, "%s%s", path, ext[i]);
+    unlink(p);
+  }
+  if (db_selected("pg_"))
+    rc |= run_server("TRELLIS_TEST_POSTGRES_URL", "pg", "PostgreSQL 15, fsync and synchronous_commit on");
+  if (db_selected("mysql_"))
+    rc |= run_server("TRELLIS_TEST_MYSQL_URL", "mysql",
+                     "MariaDB 10.11 InnoDB, innodb_flush_log_at_trx_commit=1");
   return rc ? 1 : 0;
 }

@@ -10,6 +10,7 @@
  *
  * PostgreSQL comes from BENCH_POSTGRES_URL, else TRELLIS_TEST_POSTGRES_URL,
  * else the scripts/services file; without one its cases are skipped.
+ * BENCH_JOBS_ONLY=memory,sqlite,pg runs only the groups named.
  *
  * One thread submits N jobs with the arguments "{}" (copied per job on
  * both sides); K worker threads (1, then 2) take them and call a no-op
@@ -405,31 +406,6 @@ static double dur_complete_plain(void *p)
   return (double)c->n / ((double)(bench_now_ns() - t0) / 1e9);
 }
 
-static const char *pg_url(char *buf, size_t size)
-{
-  const char *keys[] = { "BENCH_POSTGRES_URL", "TRELLIS_TEST_POSTGRES_URL" };
-  for (int i = 0; i < 2; i++) {
-    const char *v = getenv(keys[i]);
-    if (v && *v)
-      return v;
-  }
-  const char *path = getenv("TRELLIS_SERVICES_ENV");
-  FILE *f = fopen(path && *path ? path : "/tmp/trellis-services/services.env", "r");
-  if (!f)
-    return NULL;
-  char line[1024];
-  const char *found = NULL;
-  while (!found && fgets(line, sizeof line, f)) {
-    if (!strncmp(line, "TRELLIS_TEST_POSTGRES_URL=", 26)) {
-      line[strcspn(line, "\r\n")] = '\0';
-      snprintf(buf, size, "%.500s", line + 26);
-      found = buf;
-    }
-  }
-  fclose(f);
-  return found;
-}
-
 static int durable(const char *name, const char *url, const char *durability)
 {
   tl_db *db;
@@ -479,28 +455,44 @@ static int durable(const char *name, const char *url, const char *durability)
   return rc ? -1 : 0;
 }
 
+/* Is the group `name` wanted? BENCH_JOBS_ONLY="memory,sqlite,pg" picks
+ * groups (all by default). */
+static bool wanted(const char *name)
+{
+  const char *only = getenv("BENCH_JOBS_ONLY");
+  if (!only || !*only)
+    return true;
+  size_t n = strlen(name);
+  for (const char *p = only; *p; p += strcspn(p, ","), p += *p == ',')
+    if (strcspn(p, ",") == n && !strncmp(p, name, n))
+      return true;
+  return false;
+}
+
 int main(void)
 {
   tl_log_set_level(TL_LOG_WARN);
   const char *n = getenv("BENCH_JOBS_N");
   n_jobs = n && atol(n) > 0 ? atol(n) : bench_size(1000000, 20000);
   int rc = 0;
-  if (compare(1) != 0)
-    rc = 1;
-  if (compare(2) != 0)
+  if (wanted("memory") && (compare(1) != 0 || compare(2) != 0))
     rc = 1;
   char path[128], url[160], buf[1024];
   snprintf(path, sizeof path, "/tmp/trellis-bench-jobs-%d.db", (int)getpid());
   snprintf(url, sizeof url, "sqlite://%s", path);
-  if (durable("sqlite", url, "WAL, synchronous=NORMAL") != 0)
+  if (wanted("sqlite") && durable("sqlite", url, "WAL, synchronous=NORMAL") != 0)
     rc = 1;
   for (const char *sfx = ""; sfx; sfx = !*sfx ? "-wal" : !strcmp(sfx, "-wal") ? "-shm" : NULL) {
     char p[160];
     snprintf(p, sizeof p, "%s%s", path, sfx);
     unlink(p);
   }
-  const char *pg = pg_url(buf, sizeof buf);
-  if (!pg)
+  const char *pg = getenv("BENCH_POSTGRES_URL");
+  if (!pg || !*pg)
+    pg = bench_service_url("TRELLIS_TEST_POSTGRES_URL", buf, sizeof buf);
+  if (!wanted("pg"))
+    ;
+  else if (!pg)
     fprintf(stderr, "bench_jobs: no PostgreSQL (set BENCH_POSTGRES_URL or run scripts/services "
                     "start postgres): durable pg cases skipped\n");
   else if (durable("pg", pg, "server defaults (synchronous_commit=on)") != 0)

@@ -70,7 +70,10 @@ typedef int (*tl_cqrs_middleware)(tl_cqrs_call *call, tl_cqrs_next *next, void *
 
 /* Built-in middleware (pass NULL as ctx):
  * validate: runs the validator registered for the name, if any;
- * logging: one JSON log line per call with name, status and duration;
+ * logging: one JSON log line per call with name, status and duration
+ *   (info for commands, debug for queries; failures at info when they are
+ *   the caller's (TL_EINVAL, TL_ENOTFOUND, TL_ECONFLICT, TL_ECONSTRAINT,
+ *   TL_EPRECOND, TL_ESTATE, TL_EPERM), else at warn);
  * metrics: trellis_cqrs_calls_total{kind,name,status} and the
  *   trellis_cqrs_call_duration_seconds{kind,name} histogram;
  * timing: fills call->elapsed_us, logs calls slower than 1 s as warnings;
@@ -115,6 +118,13 @@ int tl_command_bus_execute(tl_command_bus *cb, const char *name, const char *jso
 int tl_command_bus_execute_opts(tl_command_bus *cb, const char *name, const char *json,
                                 const tl_cqrs_exec_opts *opts, char **result);
 
+/* Same, on parsed JSON, without the text round trips: `payload` is
+ * borrowed for the call (middleware may change it), `*result` (may be
+ * NULL) gets a new reference (json_decref; JSON null when the handler set
+ * none). Returns as tl_command_bus_execute (TL_EINVAL for a NULL payload). */
+int tl_command_bus_execute_json(tl_command_bus *cb, const char *name, json_t *payload,
+                                const tl_cqrs_exec_opts *opts, json_t **result);
+
 /* The query bus: the same, for queries. A query handler reads the read
  * model, with tl_db_query_ro() to use the replicas when configured. */
 int tl_query_bus_new(tl_query_bus **out, const tl_cqrs_config *cfg);
@@ -126,6 +136,8 @@ int tl_query_bus_use_defaults(tl_query_bus *qb);
 int tl_query_bus_execute(tl_query_bus *qb, const char *name, const char *json, char **result);
 int tl_query_bus_execute_opts(tl_query_bus *qb, const char *name, const char *json,
                               const tl_cqrs_exec_opts *opts, char **result);
+int tl_query_bus_execute_json(tl_query_bus *qb, const char *name, json_t *payload,
+                              const tl_cqrs_exec_opts *opts, json_t **result);
 
 /* ---- aggregates --------------------------------------------------------- */
 
@@ -168,6 +180,41 @@ int tl_aggregate_load(tl_es *es, const tl_aggregate_def *def, const char *stream
 int tl_aggregate_execute(tl_es *es, const tl_aggregate_def *def, const char *stream,
                          const json_t *command, tl_aggregate_decide decide, void *ctx,
                          int64_t *version);
+
+/* Options of tl_aggregate_execute_opts(); zero fields take the defaults. */
+typedef struct tl_aggregate_exec_opts {
+  /* The version the caller saw (an HTTP If-Match): when the loaded
+   * version differs, nothing is decided and the call returns TL_EPRECOND;
+   * a writer that slips in between the load and the append makes it
+   * TL_ECONFLICT without a retry. Negative: no precondition, conflicts
+   * are retried [-1; 0 is an exact "no events yet"]. Set has_expected. */
+  int64_t expected_version;
+  bool has_expected;
+  /* The stream is new (a fresh id): nothing is loaded, decide sees {} at
+   * version 0, and the append expects no events (TL_ECONFLICT, without a
+   * retry, if the stream exists after all). Saves the reads of a load. */
+  bool new_stream;
+  /* Metadata (JSON object text) of every appended event: traceparent,
+   * correlation_id, causation_id. [NULL: "{}"] */
+  const char *metadata;
+  /* Runs in the append's transaction, after the events are appended
+   * (their version, position and id filled), for writes that must commit
+   * with them or not at all (a uniqueness reservation, an outbox row).
+   * `state` is the state before the events. A non-zero return rolls the
+   * whole append back and is returned without a retry; TL_ECONFLICT (a
+   * unique key of its own) becomes TL_ECONSTRAINT so that it is not taken
+   * for a version conflict. [NULL: the
+   * append runs alone, one round trip where the store allows] */
+  int (*in_tx)(tl_tx *tx, const json_t *state, const tl_event *events, size_t n, void *ctx);
+  void *in_tx_ctx;
+  /* When set, receives the state after the new events (json_decref). */
+  json_t **state_out;
+} tl_aggregate_exec_opts;
+
+/* tl_aggregate_execute with options (NULL: as tl_aggregate_execute). */
+int tl_aggregate_execute_opts(tl_es *es, const tl_aggregate_def *def, const char *stream,
+                              const json_t *command, tl_aggregate_decide decide, void *ctx,
+                              const tl_aggregate_exec_opts *opts, int64_t *version);
 
 /* ---- projections -------------------------------------------------------- */
 
@@ -231,8 +278,8 @@ typedef struct tl_relay_opts {
 } tl_relay_opts;
 
 /* Publish every event of the store to `mq` on subject tl_es_subject()
- * ("user.created"), payload the event's data, key the stream, headers
- * event-id (the event's id: deduplicate on it), event-type, stream,
+ * ("user.created"), payload the event's data, key the stream, message id
+ * the event's id (deduplicate on it), headers event-id, event-type, stream,
  * stream-version, position and the metadata's traceparent,
  * correlation_id and causation_id; at least once, in global order, one
  * replica at a time. A failed publish is retried until the broker is back.

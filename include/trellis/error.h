@@ -27,7 +27,8 @@ extern "C" {
   X(ETOOBIG,   -14, "too large")                                             \
   X(ESTATE,    -15, "invalid state")                                         \
   X(EPROTO,    -16, "protocol or data format error")                         \
-  X(EINTERNAL, -17, "internal error")
+  X(EINTERNAL, -17, "internal error")                                       \
+  X(EPRECOND,  -18, "precondition failed")
 
 typedef enum tl_status {
   TL_OK = 0,

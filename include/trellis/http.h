@@ -53,7 +53,9 @@ int tl_http_route(tl_http_server *srv, const char *method, const char *pattern,
                   tl_http_handler handler, void *ctx);
 
 /* A readiness check: return 0 when ready, else a negative status, and
- * optionally write a short reason into `detail` (size `n`). It runs on a
+ * optionally write a short reason into `detail` (size `n`); a ready check
+ * may leave a note there too ("degraded: ..."), shown as its "detail".
+ * It runs on a
  * worker thread for each GET /health/ready, and its result counts as a
  * failure ("timeout") when it takes longer than `timeout_us` (default
  * 2 s). The name and ctx must outlive the server. */
@@ -105,7 +107,8 @@ const char *tl_http_req_traceparent(const tl_http_req *req);
 
 /* Parse the body as JSON into `*out` (caller json_decref()s it). On
  * malformed JSON it answers 400 with a problem naming the line, column and
- * error, and returns TL_EINVAL; the handler then just returns 0. */
+ * error, and returns TL_EINVAL; the handler then just returns 0. A key
+ * given twice in one object is malformed too. */
 int tl_http_req_json(tl_http_req *req, tl_http_res *res, json_t **out);
 
 /* ---- response ---- */

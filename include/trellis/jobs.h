@@ -73,7 +73,7 @@ typedef struct tl_jobs_config {
   void *clock_ctx;
   tl_metrics *metrics;         /* [tl_metrics_default()] */
   /* The durable store: jobs are rows in this database (SQLite,
-   * PostgreSQL; MySQL/MariaDB gives TL_EUNSUPP for now), shared by every executor using it; its
+   * PostgreSQL, MariaDB 10.6+), shared by every executor using it; its
    * schema is migrated by tl_jobs_open. Borrowed: close it after
    * tl_jobs_close [NULL: in memory]. */
   tl_db *db;

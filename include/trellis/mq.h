@@ -138,6 +138,11 @@ typedef struct tl_mq_message {
    * ones taken from the thread's log context. */
   const tl_mq_header *headers;
   size_t nheaders;
+  /* The message id consumers get (tl_mq_msg.id, header "message-id";
+   * also RabbitMQ's message_id and NATS's Nats-Msg-Id, so JetStream drops
+   * a re-publish within its duplicate window): 1 to 36 bytes without CR
+   * or LF, e.g. an event id, to de-duplicate on. NULL: a new UUIDv7. */
+  const char *id;
 } tl_mq_message;
 
 /* Publish and wait until the broker has accepted it (publisher confirm,

@@ -17,6 +17,7 @@
 #include "mq.h"
 #include "eventstore.h"
 #include "cqrs.h"
+#include "cache.h"
 
 #ifdef __cplusplus
 extern "C" {

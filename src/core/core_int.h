@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* A growable byte buffer that may start on the caller's stack, so short
  * outputs (log lines, small JSON) need no allocation. Appends after an
@@ -43,5 +44,27 @@ char *tl__buf_steal(tl__buf *b, size_t *len);
 /* A NUL-terminated copy of the `n` bytes at `s` (which need not be
  * NUL-terminated, unlike strndup's contract). NULL when out of memory. */
 char *tl__strndup(const char *s, size_t n);
+
+/* A fast 64-bit hash of `n` bytes, seeded (not for untrusted keys
+ * without a secret seed). One for every table in the library. */
+static inline uint64_t tl__hash64(const void *p, size_t n, uint64_t seed)
+{
+  const char *s = p;
+  uint64_t h = seed ^ (n * 0x9e3779b97f4a7c15ull);
+  while (n >= 8) {
+    uint64_t w;
+    memcpy(&w, s, 8);
+    h = (h ^ w) * 0xff51afd7ed558ccdull;
+    h ^= h >> 31;
+    s += 8;
+    n -= 8;
+  }
+  uint64_t w = 0;
+  memcpy(&w, s, n);
+  h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  return h ^ (h >> 29);
+}
 
 #endif

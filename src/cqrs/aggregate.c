@@ -1,6 +1,7 @@
 /* The aggregate helper: state = latest snapshot + the events after it,
  * folded with apply; a decision appends its events expecting the version
  * it saw, and runs again from a fresh load when another writer won. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -107,55 +108,126 @@ int tl_aggregate_load(tl_es *es, const tl_aggregate_def *def, const char *stream
   return 0;
 }
 
-int tl_aggregate_execute(tl_es *es, const tl_aggregate_def *def, const char *stream,
-                         const json_t *command, tl_aggregate_decide decide, void *ctx,
-                         int64_t *version)
+typedef struct append_job {
+  tl_es *es;
+  const char *stream;
+  int64_t expected;
+  tl_aggregate_emit *em;
+  const json_t *state;
+  const tl_aggregate_exec_opts *opts;
+  bool in_tx_failed;
+} append_job;
+
+static int append_fn(tl_tx *tx, void *ctx)
+{
+  append_job *j = ctx;
+  int rc = tl_es_append_tx(j->es, tx, j->stream, j->expected, j->em->ev, j->em->n);
+  if (rc == 0) {
+    rc = j->opts->in_tx(tx, j->state, j->em->ev, j->em->n, j->opts->in_tx_ctx);
+    j->in_tx_failed = rc != 0;
+  }
+  return rc;
+}
+
+/* Append the decision's events expecting `v`, alone or with in_tx. */
+static int append(tl_es *es, const char *stream, int64_t v, tl_aggregate_emit *em,
+                  const json_t *state, const tl_aggregate_exec_opts *o)
+{
+  free(em->ev);
+  em->ev = calloc(em->n, sizeof *em->ev);
+  if (!em->ev) return tl_error_set(TL_ENOMEM, "aggregate: out of memory");
+  for (size_t i = 0; i < em->n; i++)
+    em->ev[i] = (tl_event){ .aggregate_id = stream, .event_type = em->types[i],
+                            .data = em->texts[i], .metadata = o->metadata };
+  if (!o->in_tx) return tl_es_append_to(es, stream, v, em->ev, em->n);
+  append_job j = { es, stream, v, em, state, o, false };
+  /* One attempt: a version conflict goes back to the decide loop, and
+   * in_tx's own errors are the caller's to judge. */
+  tl_tx_opts topts = { .max_attempts = 1 };
+  int rc = tl_db_transact(tl_es_db(es), append_fn, &j, &topts);
+  if (rc == TL_ECONFLICT && j.in_tx_failed) {
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", tl_error_last());
+    rc = tl_error_set(TL_ECONSTRAINT, "%s", msg);
+  }
+  return rc;
+}
+
+/* Fold the new events into `st` and, when a multiple of snapshot_every
+ * was crossed, store it. */
+static void after_append(tl_es *es, const tl_aggregate_def *def, const char *stream, json_t *st,
+                         int64_t from, const tl_aggregate_emit *em, bool keep_state)
+{
+  int64_t nv = em->ev[em->n - 1].version;
+  bool snap = def->snapshot_every > 0 && nv / def->snapshot_every != from / def->snapshot_every;
+  if (!snap && !keep_state) return;
+  int frc = 0;
+  for (size_t i = 0; i < em->n && frc == 0; i++) frc = def->apply(st, &em->ev[i], def->ctx);
+  if (!snap || frc) return;
+  char *text = json_dumps(st, JSON_COMPACT);
+  if (text && tl_es_snapshot_save(es, stream, nv, def->state_schema > 0 ? def->state_schema : 1,
+                                  text) != 0)
+    tl_log(TL_LOG_WARN, "snapshot not saved", TL_F_STR("stream", stream),
+           TL_F_STR("error", tl_error_last()));
+  free(text);
+  tl_error_clear();
+}
+
+int tl_aggregate_execute_opts(tl_es *es, const tl_aggregate_def *def, const char *stream,
+                              const json_t *command, tl_aggregate_decide decide, void *ctx,
+                              const tl_aggregate_exec_opts *opts, int64_t *version)
 {
   if (!es || !def || !stream || !decide)
     return tl_error_set(TL_EINVAL, "aggregate execute: missing argument");
-  unsigned attempts = def->max_attempts ? def->max_attempts : 3;
+  static const tl_aggregate_exec_opts none = { 0 };
+  const tl_aggregate_exec_opts *o = opts ? opts : &none;
+  if (o->state_out) *o->state_out = NULL;
+  unsigned attempts = o->has_expected || o->new_stream ? 1
+                      : def->max_attempts ? def->max_attempts : 3;
   tl_aggregate_emit em = { 0 };
   int rc = TL_ECONFLICT;
   for (unsigned a = 0; a < attempts && rc == TL_ECONFLICT; a++) {
     json_t *st;
     int64_t v;
     emit_clear(&em);
-    if ((rc = tl_aggregate_load(es, def, stream, &st, &v)) != 0) break;
-    rc = decide(st, v, command, &em, ctx);
-    if (rc == 0 && em.n == 0) {
-      if (version) *version = v;
+    if (o->new_stream) {
+      st = json_object();
+      v = 0;
+      rc = st ? 0 : tl_error_set(TL_ENOMEM, "aggregate: out of memory");
+    } else {
+      rc = tl_aggregate_load(es, def, stream, &st, &v);
+    }
+    if (rc) break;
+    if (o->has_expected && v != o->expected_version) {
       json_decref(st);
+      rc = tl_error_set(TL_EPRECOND, "stream '%s': expected version %lld, found %lld", stream,
+                        (long long)o->expected_version, (long long)v);
       break;
     }
-    if (rc == 0) {
-      free(em.ev);
-      em.ev = calloc(em.n, sizeof *em.ev);
-      if (!em.ev) rc = tl_error_set(TL_ENOMEM, "aggregate: out of memory");
-      for (size_t i = 0; rc == 0 && i < em.n; i++)
-        em.ev[i] = (tl_event){ .aggregate_id = stream, .event_type = em.types[i], .data = em.texts[i] };
-      if (rc == 0) rc = tl_es_append_to(es, stream, v, em.ev, em.n);
+    rc = decide(st, v, command, &em, ctx);
+    if (rc == 0 && em.n > 0) {
+      rc = append(es, stream, v, &em, st, o);
       if (rc == TL_ECONFLICT)
-        tl_log(TL_LOG_DEBUG, "aggregate conflict, retrying", TL_F_STR("stream", stream),
+        tl_log(TL_LOG_DEBUG, "aggregate conflict", TL_F_STR("stream", stream),
                TL_F_INT("attempt", a + 1));
     }
     if (rc == 0) {
-      int64_t nv = em.ev[em.n - 1].version;
-      if (version) *version = nv;
-      if (def->snapshot_every > 0 && nv / def->snapshot_every != v / def->snapshot_every) {
-        /* Fold the new events into the state and store it. */
-        int frc = 0;
-        for (size_t i = 0; i < em.n && frc == 0; i++) frc = def->apply(st, &em.ev[i], def->ctx);
-        char *text = frc ? NULL : json_dumps(st, JSON_COMPACT);
-        if (text && tl_es_snapshot_save(es, stream, nv, def->state_schema > 0 ? def->state_schema : 1,
-                                        text) != 0)
-          tl_log(TL_LOG_WARN, "snapshot not saved", TL_F_STR("stream", stream),
-                 TL_F_STR("error", tl_error_last()));
-        free(text);
-        tl_error_clear();
+      if (em.n > 0) after_append(es, def, stream, st, v, &em, o->state_out != NULL);
+      if (version) *version = em.n > 0 ? em.ev[em.n - 1].version : v;
+      if (o->state_out) {
+        *o->state_out = st;
+        st = NULL;
       }
     }
     json_decref(st);
   }
   emit_free(&em);
   return rc;
+}
+
+int tl_aggregate_execute(tl_es *es, const tl_aggregate_def *def, const char *stream,
+                         const json_t *command, tl_aggregate_decide decide, void *ctx,
+                         int64_t *version)
+{
+  return tl_aggregate_execute_opts(es, def, stream, command, decide, ctx, NULL, version);
 }

@@ -171,25 +171,42 @@ int tl_cqrs_next_run(tl_cqrs_next *next, tl_cqrs_call *call)
   return rc;
 }
 
-static int bus_execute(tl__bus *b, const char *name, const char *json,
-                       const tl_cqrs_exec_opts *opts, char **result)
+/* Run `payload` (borrowed) through the chain; `*result` gets the result
+ * (a new reference; JSON null when the handler set none). */
+static int bus_run(tl__bus *b, const char *name, json_t *payload, const tl_cqrs_exec_opts *opts,
+                   json_t **result)
 {
   if (result) *result = NULL;
-  if (!b || !name) return tl_error_set(TL_EINVAL, "execute: missing argument");
+  if (!b || !name || !payload) return tl_error_set(TL_EINVAL, "execute: missing argument");
   route *r = find_route(b, name);
   if (!r || !r->fn) return tl_error_set(TL_ENOTFOUND, "%s '%s' has no handler", b->kind, name);
-  json_error_t jerr;
-  json_t *payload = json_loads(json ? json : "{}", JSON_DECODE_ANY, &jerr);
-  if (!payload) return tl_error_set(TL_EINVAL, "%s '%s': payload is not JSON: %s", b->kind, name, jerr.text);
   tl_cqrs_call call = { .kind = b->kind, .name = r->name, .payload = payload,
                         .idempotency_key = opts ? opts->idempotency_key : NULL };
   tl_cqrs_next next = { b, r, 0 };
   int rc = tl_cqrs_next_run(&next, &call);
   if (rc == 0 && result) {
-    *result = call.result ? json_dumps(call.result, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("null");
-    if (!*result) rc = tl_error_set(TL_ENOMEM, "%s '%s': out of memory", b->kind, name);
+    *result = call.result ? call.result : json_null();
+    call.result = NULL;
   }
   json_decref(call.result);
+  return rc;
+}
+
+static int bus_execute(tl__bus *b, const char *name, const char *json,
+                       const tl_cqrs_exec_opts *opts, char **result)
+{
+  if (result) *result = NULL;
+  json_error_t jerr;
+  json_t *payload = json_loads(json ? json : "{}", JSON_DECODE_ANY, &jerr), *res = NULL;
+  if (!payload)
+    return tl_error_set(TL_EINVAL, "%s '%s': payload is not JSON: %s", b ? b->kind : "bus",
+                        name ? name : "", jerr.text);
+  int rc = bus_run(b, name, payload, opts, result ? &res : NULL);
+  if (rc == 0 && result) {
+    *result = json_dumps(res, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (!*result) rc = tl_error_set(TL_ENOMEM, "%s '%s': out of memory", b->kind, name);
+  }
+  json_decref(res);
   json_decref(payload);
   return rc;
 }
@@ -207,6 +224,13 @@ int tl_cqrs_mw_validate(tl_cqrs_call *call, tl_cqrs_next *next, void *ctx)
   return tl_cqrs_next_run(next, call);
 }
 
+/* The caller's mistakes, answered as such: not the service's failures. */
+static bool client_error(int rc)
+{
+  return rc == TL_EINVAL || rc == TL_ENOTFOUND || rc == TL_ECONFLICT || rc == TL_ECONSTRAINT ||
+         rc == TL_EPRECOND || rc == TL_ESTATE || rc == TL_EPERM;
+}
+
 int tl_cqrs_mw_logging(tl_cqrs_call *call, tl_cqrs_next *next, void *ctx)
 {
   (void)ctx;
@@ -214,12 +238,13 @@ int tl_cqrs_mw_logging(tl_cqrs_call *call, tl_cqrs_next *next, void *ctx)
   int rc = tl_cqrs_next_run(next, call);
   int64_t us = tl_time_mono_us() - t0;
   if (rc)
-    tl_log(TL_LOG_WARN, "cqrs call failed", TL_F_STR("kind", call->kind), TL_F_STR("name", call->name),
+    tl_log(client_error(rc) ? TL_LOG_INFO : TL_LOG_WARN, "cqrs call failed",
+           TL_F_STR("kind", call->kind), TL_F_STR("name", call->name),
            TL_F_STR("status", tl_status_name(rc)), TL_F_STR("error", tl_error_last()),
            TL_F_INT("duration_us", us));
   else
-    tl_log(TL_LOG_INFO, "cqrs call", TL_F_STR("kind", call->kind), TL_F_STR("name", call->name),
-           TL_F_INT("duration_us", us));
+    tl_log(call->kind[0] == 'q' ? TL_LOG_DEBUG : TL_LOG_INFO, "cqrs call",
+           TL_F_STR("kind", call->kind), TL_F_STR("name", call->name), TL_F_INT("duration_us", us));
   return rc;
 }
 
@@ -373,6 +398,12 @@ int tl_command_bus_execute_opts(tl_command_bus *cb, const char *name, const char
   return bus_execute(cb ? &cb->b : NULL, name, json, opts, result);
 }
 
+int tl_command_bus_execute_json(tl_command_bus *cb, const char *name, json_t *payload,
+                                const tl_cqrs_exec_opts *opts, json_t **result)
+{
+  return bus_run(cb ? &cb->b : NULL, name, payload, opts, result);
+}
+
 int tl_query_bus_new(tl_query_bus **out, const tl_cqrs_config *cfg)
 {
   if (!out) return tl_error_set(TL_EINVAL, "query bus: out is NULL");
@@ -424,4 +455,10 @@ int tl_query_bus_execute_opts(tl_query_bus *qb, const char *name, const char *js
                               const tl_cqrs_exec_opts *opts, char **result)
 {
   return bus_execute(qb ? &qb->b : NULL, name, json, opts, result);
+}
+
+int tl_query_bus_execute_json(tl_query_bus *qb, const char *name, json_t *payload,
+                              const tl_cqrs_exec_opts *opts, json_t **result)
+{
+  return bus_run(qb ? &qb->b : NULL, name, payload, opts, result);
 }

@@ -74,17 +74,26 @@ static int create_fn(tl_tx *tx, void *ctx)
   return j->p->def.create(tx, j->t, j->p->def.ctx);
 }
 
+/* Ask the catalog rather than probe with a query, so that a missing
+ * table is not counted as a database error. */
 static bool table_exists(tl_db *db, const char *name)
 {
-  char sql[300];
-  snprintf(sql, sizeof sql, "SELECT 1 FROM %s WHERE 1 = 0", name);
+  const char *sql;
+  switch (tl_db_dialect_of(db)) {
+  case TL_DB_SQLITE: sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1"; break;
+  case TL_DB_POSTGRES: sql = "SELECT 1 WHERE to_regclass($1) IS NOT NULL"; break;
+  default:
+    sql = "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() "
+          "AND table_name = $1";
+  }
   tl_rows *r;
-  if (tl_db_query(db, &r, sql, TL_NOARGS) != 0) {
+  if (tl_db_query(db, &r, sql, TL_ARGS(tl_text(name))) != 0) {
     tl_error_clear();
     return false;
   }
+  bool found = tl_rows_next(r) == 1;
   tl_rows_free(r);
-  return true;
+  return found;
 }
 
 int tl_projection_start(tl_es *es, const tl_projection_def *def, tl_projection **out)

@@ -450,6 +450,9 @@ static int bind_results(my_conn *m, tl__stmt *st)
       break;
     }
   }
+  /* A statement without a result set (DDL, an UPDATE run as a query)
+   * has nothing to bind: it reads as zero rows. */
+  if (n == 0) return 0;
   return mysql_stmt_bind_result(s->st, s->rbind) ? stmt_fail(m, s->st) : 0;
 }
 

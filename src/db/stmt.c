@@ -18,21 +18,6 @@ static uint64_t mix(uint64_t h)
   return h;
 }
 
-static uint64_t hash_text(const char *s, size_t n)
-{
-  uint64_t h = 0x9e3779b97f4a7c15ULL ^ n;
-  while (n >= 8) {
-    uint64_t w;
-    memcpy(&w, s, 8);
-    h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
-    h ^= h >> 29;
-    s += 8;
-    n -= 8;
-  }
-  uint64_t w = 0;
-  memcpy(&w, s, n);
-  return mix(h ^ w);
-}
 
 static bool types_match(const tl__stmt *st, const tl_value *args, size_t n)
 {
@@ -82,7 +67,7 @@ int tl__conn_stmt(tl_conn *c, const char *sql, const tl_value *args,
                   size_t nargs, tl__stmt **out)
 {
   size_t len = strlen(sql);
-  uint64_t h = hash_text(sql, len);
+  uint64_t h = tl__hash64(sql, len, 0);
   bool keyed = c->be->key_types;
   if (keyed)
     for (size_t i = 0; i < nargs; i++) h = mix(h + (uint64_t)args[i].type + 1);

@@ -23,11 +23,17 @@ struct tl_es {
   tl_series *m_conflicts;  /* appends refused on the version */
   tl_series *m_append_s;   /* append latency, seconds */
   tl_series *m_read;       /* events read */
+  tl_metric *m_lag_events; /* per subscription (sub.c) */
+  tl_metric *m_lag_seconds;
   pthread_mutex_t mu;
   pthread_cond_t appended; /* broadcast after each local commit */
   uint64_t append_seq;     /* locks: mu */
   tl__upcaster *up;        /* locks: mu */
   size_t nup, capup;
+  /* PostgreSQL: the thread that sends NOTIFY after commits (wake.c) */
+  pthread_cond_t notify_cv;
+  pthread_t notifier;
+  bool notifier_on, notify_pending, closing; /* locks: mu */
 };
 
 /* A tl_event_list with the bookkeeping of who owns what. */
@@ -49,13 +55,21 @@ int tl__list_add_row(tl_es *es, tl__list *l, tl_rows *rows);
 /* Run a query of TL__EV_COLS into a new list. */
 int tl__es_query_events(tl_es *es, tl_tx *tx, const char *sql, const tl_value *args,
                         size_t nargs, tl_event_list **out);
-/* Wake local subscriptions after a commit. */
+/* After a commit of appended events: wake this process's subscriptions
+ * and, on PostgreSQL, have every other process's woken too (wake.c). */
 void tl__es_notify(tl_es *es);
+/* Wake this process's subscriptions only. */
+void tl__es_wake_local(tl_es *es);
+/* Inside an appending transaction on PostgreSQL: wake other processes
+ * when it commits. Elsewhere does nothing. */
+int tl__es_notify_tx(tl_es *es, tl_tx *tx);
+/* Send a pending notification and stop the notifier (tl_es_close). */
+void tl__es_wake_close(tl_es *es);
 /* "user" from "user-123" into buf (the whole name when it has no '-'). */
 void tl__es_category(const char *stream, char *buf, size_t size);
-/* The $all query text for a filter: $1 tx, $2 position, $3 limit, then
- * $4.. the category and types. */
-int tl__es_all_sql(tl_es *es, const tl_es_filter *f, char *buf, size_t size,
+/* The $all query text for a filter, selecting `cols`: $1 tx, $2
+ * position, $3 limit, then $4.. the category and types. */
+int tl__es_all_sql(tl_es *es, const char *cols, const tl_es_filter *f, char *buf, size_t size,
                    tl_value *args, size_t *nargs, size_t maxargs);
 
 /* Register the migration set "trellis_es". */

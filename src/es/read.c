@@ -230,19 +230,20 @@ int tl_es_stream_version(tl_es *es, const char *stream, int64_t *version)
 
 /* ---- $all -------------------------------------------------------------- */
 
-int tl__es_all_sql(tl_es *es, const tl_es_filter *f, char *buf, size_t size, tl_value *args,
-                   size_t *nargs, size_t maxargs)
+int tl__es_all_sql(tl_es *es, const char *cols, const tl_es_filter *f, char *buf, size_t size,
+                   tl_value *args, size_t *nargs, size_t maxargs)
 {
   size_t n = 3, len;
   if (es->dialect == TL_DB_POSTGRES)
     /* Only transactions that finished: below the oldest one still running,
-     * nothing can commit any more. */
-    len = (size_t)snprintf(buf, size, "SELECT " TL__EV_COLS " FROM trellis_es_events WHERE "
-                           "(tx > $1 OR (tx = $1 AND position > $2)) AND "
-                           "tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint");
+     * nothing can commit any more. The row comparison lets the (tx,
+     * position) index start at the checkpoint. */
+    len = (size_t)snprintf(buf, size, "SELECT %s FROM trellis_es_events WHERE "
+                           "(tx, position) > ($1, $2) AND "
+                           "tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint", cols);
   else
-    len = (size_t)snprintf(buf, size, "SELECT " TL__EV_COLS " FROM trellis_es_events WHERE "
-                           "position > $2 AND tx >= $1");
+    len = (size_t)snprintf(buf, size, "SELECT %s FROM trellis_es_events WHERE "
+                           "position > $2 AND tx >= $1", cols);
   if (f && f->category && *f->category) {
     if (n >= maxargs) return tl_error_set(TL_EINVAL, "filter: too many terms");
     args[n++] = tl_text(f->category);
@@ -272,7 +273,7 @@ int tl_es_read_all(tl_es *es, const tl_es_checkpoint *after, const tl_es_filter 
   tl_value args[72];
   size_t nargs;
   char sql[4096];
-  int rc = tl__es_all_sql(es, filter, sql, sizeof sql, args, &nargs, 72);
+  int rc = tl__es_all_sql(es, TL__EV_COLS, filter, sql, sizeof sql, args, &nargs, 72);
   if (rc) return rc;
   args[0] = tl_int(from.tx);
   args[1] = tl_int(from.position);

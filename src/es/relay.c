@@ -1,7 +1,9 @@
 /* The relay: a named subscription that publishes every event to the
  * message queue, waiting for the broker's confirm before the checkpoint
  * moves. A failed publish is retried from that event, so delivery is at
- * least once and in global order; consumers deduplicate by event-id. */
+ * least once and in global order. The message id is the event id, so
+ * consumers (and JetStream, within its duplicate window) deduplicate on
+ * it. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,7 @@
 #include <jansson.h>
 
 #include <trellis/cqrs.h>
+#include <trellis/log.h>
 
 #include "es/es_int.h"
 
@@ -42,10 +45,22 @@ static int publish(const tl_event *ev, tl_tx *tx, void *ctx)
     if (v) h[n++] = (tl_mq_header){ keys[i][1], v };
   }
   tl_mq_message m = { .subject = subject, .data = ev->data, .len = strlen(ev->data),
-                      .key = ev->aggregate_id, .headers = h, .nheaders = n };
+                      .key = ev->aggregate_id, .headers = h, .nheaders = n, .id = ev->id };
+  /* The event's trace (and correlation id as the request id) for this
+   * thread's log lines while it is published. */
+  const char *tp = json_string_value(json_object_get(meta, "traceparent"));
+  char trace[33] = "";
+  if (tp && strlen(tp) >= 35 && tp[2] == '-') snprintf(trace, sizeof trace, "%.32s", tp + 3);
+  tl_log_context_set(json_string_value(json_object_get(meta, "correlation_id")),
+                     trace[0] ? trace : NULL);
   int rc = tl_mq_publish_msg(r->mq, &m);
+  if (rc == 0) {
+    r->published++;
+    tl_log(TL_LOG_DEBUG, "event published", TL_F_STR("subject", subject),
+           TL_F_STR("event_id", ev->id), TL_F_INT("position", ev->position));
+  }
+  tl_log_context_set(NULL, NULL);
   json_decref(meta);
-  if (rc == 0) r->published++;
   return rc;
 }
 

@@ -83,9 +83,8 @@ static const tl_migration es_migrations[] = {
       " name VARCHAR(200) PRIMARY KEY, tx BIGINT NOT NULL DEFAULT 0,"
       " position BIGINT NOT NULL DEFAULT 0, owner VARCHAR(200), lease_until BIGINT NOT NULL DEFAULT 0,"
       " updated_us BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin" },
-  /* PostgreSQL subscribers sleep on LISTEN trellis_es; a statement-level
-   * trigger notifies at commit (notifications of one transaction fold into
-   * one) without a round trip of its own. Elsewhere subscribers poll. */
+  /* PostgreSQL subscribers sleep on LISTEN trellis_es. Version 2 notified
+   * from a trigger; version 3 removes it (see wake.c). */
   { .version = 2, .name = "notify subscribers on append",
     .sql = "SELECT 1",
     .sql_postgres =
@@ -93,6 +92,13 @@ static const tl_migration es_migrations[] = {
       " BEGIN PERFORM pg_notify('trellis_es', ''); RETURN NULL; END $$;"
       "CREATE TRIGGER trellis_es_events_notify AFTER INSERT ON trellis_es_events"
       " FOR EACH STATEMENT EXECUTE FUNCTION trellis_es_notify()" },
+  /* A NOTIFY in the appending transaction makes PostgreSQL run those
+   * commits one at a time; appends notify after their commit instead. */
+  { .version = 3, .name = "notify subscribers after the commit",
+    .sql = "SELECT 1",
+    .sql_postgres =
+      "DROP TRIGGER IF EXISTS trellis_es_events_notify ON trellis_es_events;"
+      "DROP FUNCTION IF EXISTS trellis_es_notify()" },
 };
 
 int tl__es_schema_register(void)

@@ -55,9 +55,18 @@ int tl_es_open(tl_es **out, const tl_es_config *cfg)
   if (tl_metrics_counter(es->metrics, "trellis_es_read_events_total",
                          "Events read from the event store.", NULL, &m) == 0)
     es->m_read = tl_metric_default(m);
+  if (tl_metrics_gauge(es->metrics, "trellis_es_subscription_lag_events",
+                       "Events a subscription can see but has not handled yet.", "subscription",
+                       &m) == 0)
+    es->m_lag_events = m;
+  if (tl_metrics_gauge(es->metrics, "trellis_es_subscription_lag_seconds",
+                       "Age of the oldest event a subscription has not handled (0: caught up).",
+                       "subscription", &m) == 0)
+    es->m_lag_seconds = m;
   tl_error_clear();
   pthread_mutex_init(&es->mu, NULL);
   pthread_cond_init(&es->appended, NULL);
+  pthread_cond_init(&es->notify_cv, NULL);
   *out = es;
   return 0;
 }
@@ -65,22 +74,16 @@ int tl_es_open(tl_es **out, const tl_es_config *cfg)
 void tl_es_close(tl_es *es)
 {
   if (!es) return;
+  tl__es_wake_close(es);
   for (size_t i = 0; i < es->nup; i++) free(es->up[i].type);
   free(es->up);
+  pthread_cond_destroy(&es->notify_cv);
   pthread_cond_destroy(&es->appended);
   pthread_mutex_destroy(&es->mu);
   free(es);
 }
 
 tl_db *tl_es_db(tl_es *es) { return es ? es->db : NULL; }
-
-void tl__es_notify(tl_es *es)
-{
-  pthread_mutex_lock(&es->mu);
-  es->append_seq++;
-  pthread_cond_broadcast(&es->appended);
-  pthread_mutex_unlock(&es->mu);
-}
 
 /* ---- append ------------------------------------------------------------ */
 
@@ -127,6 +130,11 @@ static int validate(const char *stream, int64_t expected, tl_event *ev, size_t n
     }
     ev[i].id[TL_UUID_STRLEN - 1] = '\0';
     if (!ev[i].id[0]) tl_uuid7(ev[i].id);
+    /* The id travels as the message id of the relay: no control bytes. */
+    for (const unsigned char *c = (const unsigned char *)ev[i].id; *c; c++)
+      if (*c < 0x20 || *c == 0x7f)
+        return tl_error_set(TL_EINVAL, "append '%s': event %zu id '%s' has a control character",
+                            stream, i, ev[i].id);
   }
   return 0;
 }
@@ -137,17 +145,26 @@ typedef struct append_job {
   int64_t expected;
   tl_event *ev;
   size_t n;
+  bool own_tx;       /* the store's transaction, not the caller's */
   int64_t found;     /* the stream's version when the check failed */
   bool mismatch;     /* the check failed (not some other conflict) */
   char msg[512];
 } append_job;
 
-/* Look at the stream row after a failed conditional update. */
+/* Run a query in `tx`, or on its own (autocommit) when `tx` is NULL. */
+static int query(tl_es *es, tl_tx *tx, tl_rows **out, const char *sql, const tl_value *args,
+                 size_t nargs)
+{
+  return tx ? tl_tx_query(tx, out, sql, args, nargs) : tl_db_query(es->db, out, sql, args, nargs);
+}
+
+/* Look at the stream row after the claim found it at another version (or
+ * deleted). `tx` may be NULL. */
 static int why_not(tl_tx *tx, append_job *j)
 {
   tl_rows *r;
-  int rc = tl_tx_query(tx, &r, "SELECT version, deleted FROM trellis_es_streams WHERE stream = $1",
-                       TL_ARGS(tl_text(j->stream)));
+  int rc = query(j->es, tx, &r, "SELECT version, deleted FROM trellis_es_streams WHERE stream = $1",
+                 TL_ARGS(tl_text(j->stream)));
   if (rc) return rc;
   int64_t version = 0, deleted = 0;
   rc = tl_rows_next(r);
@@ -164,74 +181,66 @@ static int why_not(tl_tx *tx, append_job *j)
   return TL_ECONFLICT;
 }
 
-static bool expected_ok(int64_t expected, int64_t current)
+/* SQLite and PostgreSQL: claim versions old+1 .. old+$2 of stream $1 if it
+ * is at the expected version $3 (TL_ES_* or exact) and not deleted, and
+ * return the new version; no row returned means the check failed. The
+ * row is inserted only where the stream may be new. */
+static const char *claim_sql(int64_t expected)
 {
-  switch (expected) {
-  case TL_ES_ANY: return true;
-  case TL_ES_NO_STREAM: return current == 0;
-  case TL_ES_EXISTS: return current > 0;
-  default: return current == expected;
+  if (expected == TL_ES_ANY || expected == TL_ES_NO_STREAM || expected == 0)
+    return "INSERT INTO trellis_es_streams AS t (stream, version) VALUES ($1, $2) "
+           "ON CONFLICT (stream) DO UPDATE SET version = t.version + $2 "
+           "WHERE t.deleted = 0 AND ($3 = -1 OR t.version = 0) RETURNING version";
+  return "UPDATE trellis_es_streams SET version = version + $2 WHERE stream = $1 AND deleted = 0 "
+         "AND (($3 = -3 AND version > 0) OR version = $3) RETURNING version";
+}
+
+/* MySQL/MariaDB: lock the stream row (an absent one: the insert decides).
+ * The position counter is locked later, by insert_events(). (One joined
+ * SELECT ... FOR UPDATE and one multi-table UPDATE instead measured
+ * slower on MariaDB 10.11 than these single-table statements.) */
+static int claim_mysql(tl_tx *tx, append_job *j, int64_t *old)
+{
+  int64_t n = (int64_t)j->n;
+  tl_rows *r;
+  int rc = tl_tx_query(tx, &r, "SELECT version, deleted FROM trellis_es_streams WHERE stream = $1 FOR UPDATE",
+                       TL_ARGS(tl_text(j->stream)));
+  if (rc) return rc;
+  int64_t version = 0, deleted = 0;
+  int has = tl_rows_next(r);
+  if (has == 1) {
+    tl_rows_int(r, 0, &version);
+    tl_rows_int(r, 1, &deleted);
   }
+  tl_rows_free(r);
+  if (has < 0) return has;
+  if (deleted) return tl_error_set(TL_ESTATE, "append: stream '%s' is deleted", j->stream);
+  int64_t e = j->expected;
+  bool ok = e == TL_ES_ANY || (e == TL_ES_EXISTS && version > 0) ||
+            (e == TL_ES_NO_STREAM && version == 0) || version == e;
+  if (!ok) {
+    j->found = version;
+    j->mismatch = true;
+    return TL_ECONFLICT;
+  }
+  *old = version;
+  if (has == 1)
+    return tl_tx_exec(tx, NULL, "UPDATE trellis_es_streams SET version = $1 WHERE stream = $2",
+                      TL_ARGS(tl_int(version + n), tl_text(j->stream)));
+  rc = tl_tx_exec(tx, NULL, "INSERT INTO trellis_es_streams (stream, version) VALUES ($1, $2)",
+                  TL_ARGS(tl_text(j->stream), tl_int(n)));
+  /* Another writer created it first: run again and see its version. */
+  return rc == TL_ECONFLICT ? TL_ERETRY : rc;
 }
 
 /* Claim versions old+1..old+n of the stream; `*old` gets old. */
 static int claim_versions(tl_tx *tx, append_job *j, int64_t *old)
 {
+  if (j->es->dialect == TL_DB_MYSQL) return claim_mysql(tx, j, old);
   int64_t n = (int64_t)j->n;
-  int rc;
-  if (j->es->dialect == TL_DB_MYSQL) {
-    /* Lock the stream row (an absent one: the insert below decides). */
-    tl_rows *r;
-    rc = tl_tx_query(tx, &r, "SELECT version, deleted FROM trellis_es_streams WHERE stream = $1 FOR UPDATE",
-                     TL_ARGS(tl_text(j->stream)));
-    if (rc) return rc;
-    int64_t version = 0, deleted = 0;
-    int has = tl_rows_next(r);
-    if (has == 1) {
-      tl_rows_int(r, 0, &version);
-      tl_rows_int(r, 1, &deleted);
-    }
-    tl_rows_free(r);
-    if (has < 0) return has;
-    if (deleted) return tl_error_set(TL_ESTATE, "append: stream '%s' is deleted", j->stream);
-    if (!expected_ok(j->expected, version)) {
-      j->found = version;
-      j->mismatch = true;
-      return TL_ECONFLICT;
-    }
-    if (has == 1)
-      rc = tl_tx_exec(tx, NULL, "UPDATE trellis_es_streams SET version = $1 WHERE stream = $2",
-                      TL_ARGS(tl_int(version + n), tl_text(j->stream)));
-    else {
-      rc = tl_tx_exec(tx, NULL, "INSERT INTO trellis_es_streams (stream, version) VALUES ($1, $2)",
-                      TL_ARGS(tl_text(j->stream), tl_int(n)));
-      /* Another writer created it first: run again and see its version. */
-      if (rc == TL_ECONFLICT) rc = TL_ERETRY;
-    }
-    *old = version;
-    return rc;
-  }
-  const char *sql;
-  int64_t exp = j->expected;
-  if (exp == TL_ES_ANY)
-    sql = "INSERT INTO trellis_es_streams (stream, version) VALUES ($1, $2) "
-          "ON CONFLICT (stream) DO UPDATE SET version = trellis_es_streams.version + $2 "
-          "WHERE trellis_es_streams.deleted = 0 RETURNING version";
-  else if (exp == TL_ES_NO_STREAM || exp == 0)
-    sql = "INSERT INTO trellis_es_streams (stream, version) VALUES ($1, $2) "
-          "ON CONFLICT (stream) DO UPDATE SET version = trellis_es_streams.version + $2 "
-          "WHERE trellis_es_streams.deleted = 0 AND trellis_es_streams.version = 0 RETURNING version";
-  else if (exp == TL_ES_EXISTS)
-    sql = "UPDATE trellis_es_streams SET version = version + $2 "
-          "WHERE stream = $1 AND deleted = 0 AND version > 0 RETURNING version";
-  else
-    sql = "UPDATE trellis_es_streams SET version = version + $2 "
-          "WHERE stream = $1 AND deleted = 0 AND version = $3 RETURNING version";
   tl_rows *r;
-  if (exp > 0)
-    rc = tl_tx_query(tx, &r, sql, TL_ARGS(tl_text(j->stream), tl_int(n), tl_int(exp)));
-  else
-    rc = tl_tx_query(tx, &r, sql, TL_ARGS(tl_text(j->stream), tl_int(n)));
+  int rc = tl_tx_query(tx, &r, claim_sql(j->expected),
+                       TL_ARGS(tl_text(j->stream), tl_int(n), tl_int(j->expected)));
   if (rc) return rc;
   int64_t now = 0;
   int has = tl_rows_next(r);
@@ -243,7 +252,133 @@ static int claim_versions(tl_tx *tx, append_job *j, int64_t *old)
   return 0;
 }
 
-static int insert_events(tl_tx *tx, append_job *j, int64_t old)
+static size_t put_uint(char *out, size_t v)
+{
+  char tmp[24];
+  size_t n = 0;
+  do tmp[n++] = (char)('0' + v % 10);
+  while ((v /= 10) != 0);
+  for (size_t i = 0; i < n; i++) out[i] = tmp[n - 1 - i];
+  return n;
+}
+
+/* Append to `out` at `len` the tuple "($first<cast>,$first+1<cast>,...)"
+ * of `ncols` placeholders (casts may be NULL), with `k` as a last literal
+ * when k > 0, and a comma before it unless it is the first row. Returns
+ * the new length. The statements are built per append, so no printf. */
+static size_t put_tuple(char *out, size_t len, bool first_row, size_t first, size_t ncols,
+                        const char *const *casts, size_t k)
+{
+  if (!first_row) out[len++] = ',';
+  out[len++] = '(';
+  for (size_t c = 0; c < ncols; c++) {
+    if (c) out[len++] = ',';
+    out[len++] = '$';
+    len += put_uint(out + len, first + c);
+    for (const char *t = casts ? casts[c] : ""; *t; t++) out[len++] = *t;
+  }
+  if (k) {
+    out[len++] = ',';
+    len += put_uint(out + len, k);
+  }
+  out[len++] = ')';
+  out[len] = '\0';
+  return len;
+}
+
+/* What the store fills in event `i` (version old+i+1) besides the
+ * position and tx the database returns. */
+static void fill(append_job *j, size_t i, int64_t old, int64_t now)
+{
+  tl_event *e = &j->ev[i];
+  e->version = old + (int64_t)i + 1;
+  e->timestamp_us = now;
+  e->tx = 0;
+  if (e->schema_version <= 0) e->schema_version = 1;
+}
+
+/* Read (version, position, tx) rows into the events they belong to. */
+static int read_placed(tl_rows *r, append_job *j, int64_t old)
+{
+  int got;
+  while ((got = tl_rows_next(r)) == 1) {
+    int64_t v = 0, pos = 0, txid = 0;
+    tl_rows_int(r, 0, &v);
+    tl_rows_int(r, 1, &pos);
+    tl_rows_int(r, 2, &txid);
+    int64_t idx = v - old - 1;
+    if (idx >= 0 && (size_t)idx < j->n) {
+      j->ev[idx].position = pos;
+      j->ev[idx].tx = txid;
+    }
+  }
+  tl_rows_free(r);
+  return got < 0 ? got : 0;
+}
+
+/* PostgreSQL: the claim and the first ROWS_PER_INSERT events in one
+ * statement, so an append of up to that many events is one round trip
+ * (without BEGIN and COMMIT when `tx` is NULL). `*old` gets the version
+ * before the events. */
+static int claim_and_insert(tl_tx *tx, append_job *j, int64_t *old)
+{
+  size_t k = j->n < ROWS_PER_INSERT ? j->n : ROWS_PER_INSERT;
+  char *sql = malloc(1024 + k * 80);
+  tl_value *args = malloc(sizeof(tl_value) * (5 + 5 * k));
+  if (!sql || !args) {
+    free(sql);
+    free(args);
+    return tl_error_set(TL_ENOMEM, "append: out of memory");
+  }
+  char category[TL_ES_NAME_MAX + 1];
+  tl__es_category(j->stream, category, sizeof category);
+  int64_t now = tl_time_now_us();
+  size_t len = (size_t)sprintf(sql, "WITH s AS (%s), e AS (INSERT INTO trellis_es_events "
+                               "(id, stream, category, type, version, data, metadata, schema_version, "
+                               "created_us) SELECT v.id, $1, $4, v.type, s.version - $2 + v.k, v.data, "
+                               "v.metadata, v.sv, $5 FROM s, (VALUES ", claim_sql(j->expected));
+  size_t a = 0;
+  args[a++] = tl_text(j->stream);
+  args[a++] = tl_int((int64_t)j->n);
+  args[a++] = tl_int(j->expected);
+  args[a++] = tl_text(category);
+  args[a++] = tl_int(now);
+  static const char *const casts[] = { "::text", "::text", "::json", "::json", "::int" };
+  for (size_t i = 0; i < k; i++) {
+    tl_event *e = &j->ev[i];
+    len = put_tuple(sql, len, i == 0, a + 1, 5, casts, i + 1);
+    args[a++] = tl_text(e->id);
+    args[a++] = tl_text(e->event_type);
+    args[a++] = tl_json(e->data);
+    args[a++] = tl_json(e->metadata ? e->metadata : "{}");
+    args[a++] = tl_int(e->schema_version > 0 ? e->schema_version : 1);
+  }
+  strcpy(sql + len, ") AS v (id, type, data, metadata, sv, k) RETURNING version, position, tx) "
+                    "SELECT version, position, tx FROM e ORDER BY version");
+  tl_rows *r;
+  int rc = query(j->es, tx, &r, sql, args, a);
+  free(sql);
+  free(args);
+  if (rc) return rc;
+  /* The first row is version old+1; none means the claim found the
+   * stream at another version, or deleted. */
+  int got = tl_rows_next(r);
+  if (got != 1) {
+    tl_rows_free(r);
+    return got < 0 ? got : why_not(tx, j);
+  }
+  int64_t v = 0;
+  tl_rows_int(r, 0, &v);
+  *old = v - 1;
+  for (size_t i = 0; i < k; i++) fill(j, i, *old, now);
+  tl_rows_int(r, 1, &j->ev[0].position);
+  tl_rows_int(r, 2, &j->ev[0].tx);
+  return read_placed(r, j, *old);
+}
+
+/* Insert events from..n-1 at versions after `old`, ROWS_PER_INSERT rows
+ * per statement. */
+static int insert_events(tl_tx *tx, append_job *j, int64_t old, size_t from)
 {
   tl_es *es = j->es;
   bool my = es->dialect == TL_DB_MYSQL;
@@ -262,7 +397,7 @@ static int insert_events(tl_tx *tx, append_job *j, int64_t old)
     if (has != 1) return has < 0 ? has : tl_error_set(TL_EINTERNAL, "event store: counter row missing");
     first_pos++;
     rc = tl_tx_exec(tx, NULL, "UPDATE trellis_es_counter SET position = $1 WHERE id = 1",
-                    TL_ARGS(tl_int(first_pos + (int64_t)j->n - 1)));
+                    TL_ARGS(tl_int(first_pos + (int64_t)(j->n - from) - 1)));
     if (rc) return rc;
   }
   char category[TL_ES_NAME_MAX + 1];
@@ -277,37 +412,30 @@ static int insert_events(tl_tx *tx, append_job *j, int64_t old)
     return tl_error_set(TL_ENOMEM, "append: out of memory");
   }
   rc = 0;
-  for (size_t at = 0; at < j->n && rc == 0; at += ROWS_PER_INSERT) {
+  for (size_t at = from; at < j->n && rc == 0; at += ROWS_PER_INSERT) {
     size_t k = j->n - at < ROWS_PER_INSERT ? j->n - at : ROWS_PER_INSERT;
-    size_t len = (size_t)sprintf(sql, "INSERT INTO trellis_es_events (id, stream, category, type, "
+    /* On SQLite, OR ROLLBACK spares the statement journal (a temporary
+     * file per multi-row INSERT) that ABORT needs; a violation fails the
+     * whole append anyway. Not in the caller's transaction. */
+    size_t len = (size_t)sprintf(sql, "INSERT %sINTO trellis_es_events (id, stream, category, type, "
                                  "version, data, metadata, schema_version, created_us%s) VALUES ",
+                                 j->own_tx && es->dialect == TL_DB_SQLITE ? "OR ROLLBACK " : "",
                                  my ? ", position" : "");
     size_t a = 0;
     for (size_t i = 0; i < k; i++) {
       tl_event *e = &j->ev[at + i];
-      len += (size_t)sprintf(sql + len, "%s(", i ? "," : "");
-      for (size_t c = 0; c < ncols; c++)
-        len += (size_t)sprintf(sql + len, "%s$%zu", c ? "," : "", a + c + 1);
-      sql[len++] = ')';
-      sql[len] = '\0';
+      len = put_tuple(sql, len, i == 0, a + 1, ncols, NULL, 0);
+      fill(j, at + i, old, now);
       args[a++] = tl_text(e->id);
       args[a++] = tl_text(j->stream);
       args[a++] = tl_text(category);
       args[a++] = tl_text(e->event_type);
-      args[a++] = tl_int(old + (int64_t)(at + i) + 1);
+      args[a++] = tl_int(e->version);
       args[a++] = tl_json(e->data);
       args[a++] = tl_json(e->metadata ? e->metadata : "{}");
-      args[a++] = tl_int(e->schema_version > 0 ? e->schema_version : 1);
+      args[a++] = tl_int(e->schema_version);
       args[a++] = tl_int(now);
-      if (my) args[a++] = tl_int(first_pos + (int64_t)(at + i));
-    }
-    for (size_t i = 0; i < k; i++) {
-      tl_event *e = &j->ev[at + i];
-      e->version = old + (int64_t)(at + i) + 1;
-      e->timestamp_us = now;
-      e->tx = 0;
-      if (e->schema_version <= 0) e->schema_version = 1;
-      if (my) e->position = first_pos + (int64_t)(at + i);
+      if (my) args[a++] = tl_int(e->position = first_pos + (int64_t)(at - from + i));
     }
     if (my) {
       rc = tl_tx_exec(tx, NULL, sql, args, a);
@@ -316,39 +444,34 @@ static int insert_events(tl_tx *tx, append_job *j, int64_t old)
     strcpy(sql + len, " RETURNING version, position, tx");
     tl_rows *r;
     rc = tl_tx_query(tx, &r, sql, args, a);
-    if (rc) break;
-    int got;
-    while ((got = tl_rows_next(r)) == 1) {
-      int64_t v = 0, pos = 0, txid = 0;
-      tl_rows_int(r, 0, &v);
-      tl_rows_int(r, 1, &pos);
-      tl_rows_int(r, 2, &txid);
-      int64_t idx = v - old - 1;
-      if (idx >= 0 && (size_t)idx < j->n) {
-        j->ev[idx].position = pos;
-        j->ev[idx].tx = txid;
-      }
-    }
-    tl_rows_free(r);
-    if (got < 0) rc = got;
+    if (rc == 0) rc = read_placed(r, j, old);
   }
   free(sql);
   free(args);
   return rc;
 }
 
+/* The append in `tx`; on PostgreSQL `tx` may be NULL for up to
+ * ROWS_PER_INSERT events. */
 static int append_in(tl_tx *tx, append_job *j)
 {
   int64_t old = 0;
+  size_t done = 0;
   j->mismatch = false;
-  int rc = claim_versions(tx, j, &old);
+  int rc;
+  if (j->es->dialect == TL_DB_POSTGRES) {
+    rc = claim_and_insert(tx, j, &old);
+    done = j->n < ROWS_PER_INSERT ? j->n : ROWS_PER_INSERT;
+  } else {
+    rc = claim_versions(tx, j, &old);
+  }
   if (rc == TL_ECONFLICT && j->mismatch) {
     char b[32];
     return tl_error_set(TL_ECONFLICT, "append '%s': expected version %s, found %lld", j->stream,
                         expected_text(j->expected, b, sizeof b), (long long)j->found);
   }
-  if (rc) return rc;
-  return insert_events(tx, j, old);
+  if (rc || done == j->n) return rc;
+  return insert_events(tx, j, old, done);
 }
 
 static int append_fn(tl_tx *tx, void *ctx)
@@ -357,6 +480,21 @@ static int append_fn(tl_tx *tx, void *ctx)
   int rc = append_in(tx, j);
   if (rc) snprintf(j->msg, sizeof j->msg, "%s", tl_error_last());
   return rc;
+}
+
+/* PostgreSQL, up to ROWS_PER_INSERT events: one statement, no explicit
+ * transaction. A lost connection leaves the outcome unknown; running it
+ * again is safe, as a re-append of stored ids succeeds. */
+static int append_single_statement(append_job *j)
+{
+  tl_backoff bo = { .base_us = 5000, .cap_us = 1000000 };
+  for (unsigned a = 0;; a++) {
+    int rc = append_fn(NULL, j);
+    bool retry = rc == TL_ERETRY || rc == TL_ECONNECT ||
+                 tl_db_error_last_class() == TL_DB_ERR_CONNECTION_LOST;
+    if (!retry || a + 1 >= 5) return rc;
+    tl_sleep_us(tl_backoff_delay(&bo, a));
+  }
 }
 
 /* After a conflict: are these exact events already stored? Then this is
@@ -397,8 +535,12 @@ int tl_es_append_to(tl_es *es, const char *stream, int64_t expected, tl_event *e
   int rc = validate(stream, expected, events, n);
   if (rc) return rc;
   int64_t t0 = tl_time_mono_us();
-  append_job j = { .es = es, .stream = stream, .expected = expected, .ev = events, .n = n };
-  rc = tl_db_transact(es->db, append_fn, &j, NULL);
+  append_job j = { .es = es, .stream = stream, .expected = expected, .ev = events, .n = n,
+                   .own_tx = true };
+  if (es->dialect == TL_DB_POSTGRES && n <= ROWS_PER_INSERT)
+    rc = append_single_statement(&j);
+  else
+    rc = tl_db_transact(es->db, append_fn, &j, NULL);
   if (rc == TL_ECONFLICT) {
     if (find_original(&j) == 0) {
       tl_error_clear();
@@ -443,9 +585,10 @@ int tl_es_append_tx(tl_es *es, tl_tx *tx, const char *stream, int64_t expected,
   if (rc) return rc;
   append_job j = { .es = es, .stream = stream, .expected = expected, .ev = events, .n = n };
   rc = append_in(tx, &j);
+  if (rc == 0) rc = tl__es_notify_tx(es, tx);
   if (rc == 0) {
     tl_series_add(es->m_appended, (double)n);
-    tl__es_notify(es); /* early: a subscriber polls again and finds it on commit */
+    tl__es_wake_local(es); /* early: a subscriber polls again and finds it on commit */
   } else if (rc == TL_ECONFLICT) {
     tl_series_inc(es->m_conflicts);
   }

@@ -29,7 +29,15 @@ struct tl_es_sub {
   tl_es_checkpoint cp;     /* locks: mu */
   int64_t lease_until;     /* written by the thread only */
   tl_db_listener *listener; /* PostgreSQL: woken by commits of any process */
+  /* Lag gauges, written by the thread only. */
+  tl_series *lag_events, *lag_seconds;
+  int64_t beyond;          /* visible events after the current batch */
+  int64_t counted_at;      /* mono µs of the last count of them */
 };
+
+/* Count the lag beyond a full batch at most this often, and this far. */
+#define LAG_COUNT_EVERY_US 1000000
+#define LAG_COUNT_MAX 100000
 
 static int ensure_row(tl_es *es, const char *name)
 {
@@ -117,31 +125,43 @@ static bool stopped(tl_es_sub *s)
 }
 
 /* Wait up to `us` on PostgreSQL's notifications of commits by any process,
- * in slices so a stop is seen promptly. Returns early on a notification,
- * or when the listener's connection was lost (events may have been
- * missed, so read again). */
-static void wait_listener(tl_es_sub *s, int64_t us)
+ * in slices so a stop is seen promptly. Returns 1 on a notification, or
+ * when the listener's connection was lost (events may have been missed,
+ * so read again); 0 after the whole wait. */
+static int wait_listener(tl_es_sub *s, int64_t us)
 {
   int64_t deadline = tl_time_mono_us() + us;
   for (;;) {
     int64_t left = deadline - tl_time_mono_us();
     if (left <= 0 || stopped(s))
-      return;
+      return 0;
     char payload[8];
     int rc = tl_db_listener_wait(s->listener, left < 50000 ? left : 50000, payload, sizeof payload);
     if (rc != 0) /* 1: notified; < 0: lost, so read again */
-      return;
+      return 1;
   }
 }
 
-/* Wait up to `us` for an append (in this process, or by any process on
- * PostgreSQL). Returns false when the subscription is stopping. */
-static bool wait_for(tl_es_sub *s, int64_t us)
+/* How many appends this process has committed; read before reading the
+ * log, so that a wait after the read wakes for an append in between. */
+static uint64_t appends_so_far(tl_es *es)
+{
+  pthread_mutex_lock(&es->mu);
+  uint64_t seq = es->append_seq;
+  pthread_mutex_unlock(&es->mu);
+  return seq;
+}
+
+/* Wait up to `us` for an append after `seq` (in this process, or by any
+ * process on PostgreSQL). Returns -1 when the subscription is stopping,
+ * 1 when an append woke it, 0 after the whole wait. */
+static int wait_for(tl_es_sub *s, int64_t us, uint64_t seq)
 {
   tl_es *es = s->es;
+  int woken = 0;
   if (s->listener) {
-    wait_listener(s, us);
-    return !stopped(s);
+    woken = wait_listener(s, us);
+    return stopped(s) ? -1 : woken;
   }
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -149,7 +169,6 @@ static bool wait_for(tl_es_sub *s, int64_t us)
   ts.tv_sec += (time_t)(ns / 1000000000);
   ts.tv_nsec = (long)(ns % 1000000000);
   pthread_mutex_lock(&es->mu);
-  uint64_t seq = es->append_seq;
   while (es->append_seq == seq) {
     if (stopped(s)) break;
     /* Short slices so a stop is seen promptly. */
@@ -164,8 +183,56 @@ static bool wait_for(tl_es_sub *s, int64_t us)
         (slice.tv_sec == ts.tv_sec && slice.tv_nsec == ts.tv_nsec))
       break;
   }
+  woken = es->append_seq != seq;
   pthread_mutex_unlock(&es->mu);
-  return !stopped(s);
+  return stopped(s) ? -1 : woken;
+}
+
+/* Before handling list->events[i]: the events left (this one, the rest
+ * of the batch, what is beyond it) and the age of this one, the oldest
+ * not handled. */
+static void lag_at(tl_es_sub *s, const tl_event_list *list, size_t i)
+{
+  tl_series_set(s->lag_events, (double)(list->count - i + (size_t)s->beyond));
+  int64_t age = tl_time_now_us() - list->events[i].timestamp_us;
+  tl_series_set(s->lag_seconds, age > 0 ? (double)age / 1e6 : 0.0);
+}
+
+static void lag_zero(tl_es_sub *s)
+{
+  s->beyond = 0;
+  tl_series_set(s->lag_events, 0);
+  tl_series_set(s->lag_seconds, 0);
+}
+
+/* A read returned `list`: estimate what is visible beyond it. A short
+ * batch means nothing; after a full one, count (capped) at most once a
+ * second, and in between take the batch off the last count. */
+static void lag_beyond(tl_es_sub *s, const tl_es_filter *f, const tl_event_list *list)
+{
+  if (list->count < s->o.batch) {
+    s->beyond = 0;
+    return;
+  }
+  int64_t now = tl_time_mono_us();
+  if (s->counted_at && now - s->counted_at < LAG_COUNT_EVERY_US) {
+    s->beyond = s->beyond > (int64_t)list->count ? s->beyond - (int64_t)list->count : 0;
+    return;
+  }
+  s->counted_at = now;
+  char inner[4096], sql[4200];
+  tl_value args[72];
+  size_t nargs;
+  if (tl__es_all_sql(s->es, "1", f, inner, sizeof inner, args, &nargs, 72) != 0) return;
+  snprintf(sql, sizeof sql, "SELECT COUNT(*) FROM (%s) AS beyond", inner);
+  const tl_event *last = &list->events[list->count - 1];
+  args[0] = tl_int(last->tx);
+  args[1] = tl_int(last->position);
+  args[2] = tl_int(LAG_COUNT_MAX);
+  tl_rows *r;
+  if (tl_db_query(s->es->db, &r, sql, args, nargs) != 0) return;
+  if (tl_rows_next(r) == 1) tl_rows_int(r, 0, &s->beyond);
+  tl_rows_free(r);
 }
 
 typedef struct batch_ctx {
@@ -181,6 +248,7 @@ static int run_tx_batch(tl_es_sub *s, tl_event_list *list, tl_es_checkpoint *nex
   int rc = tl_db_begin(s->es->db, &tx);
   if (rc) return rc;
   for (size_t i = 0; i < list->count && rc == 0; i++) {
+    lag_at(s, list, i);
     rc = s->handler(&list->events[i], tx, s->ctx);
     if (rc) tl_log(TL_LOG_WARN, "subscription handler failed", TL_F_STR("subscription", s->name),
                    TL_F_INT("position", list->events[i].position), TL_F_INT("status", rc));
@@ -202,6 +270,7 @@ static int run_batch(tl_es_sub *s, tl_event_list *list, tl_es_checkpoint *next)
   tl_es_checkpoint cp = *next;
   int rc = 0;
   for (size_t i = 0; i < list->count; i++) {
+    lag_at(s, list, i);
     rc = s->handler(&list->events[i], NULL, s->ctx);
     if (rc) {
       tl_log(TL_LOG_WARN, "subscription handler failed", TL_F_STR("subscription", s->name),
@@ -245,11 +314,13 @@ static void *sub_main(void *arg)
       }
     }
     if (paused || !s->leader) {
+      lag_zero(s); /* the replica holding the lease reports it */
       pthread_mutex_lock(&s->mu);
       s->busy = false;
       pthread_cond_broadcast(&s->cv);
       pthread_mutex_unlock(&s->mu);
-      if (!wait_for(s, paused ? s->o.lease_us / 4 : s->o.lease_us / 4 + 1)) break;
+      if (wait_for(s, paused ? s->o.lease_us / 4 : s->o.lease_us / 4 + 1, appends_so_far(es)) < 0)
+        break;
       continue;
     }
     if (!have_cp) {
@@ -260,12 +331,14 @@ static void *sub_main(void *arg)
         pthread_mutex_unlock(&s->mu);
       }
     }
+    uint64_t seq = appends_so_far(es);
     tl_event_list *list = NULL;
     const char *const *types = (const char *const *)s->types;
     tl_es_filter f = { .category = s->category, .types = types, .ntypes = s->o.filter.ntypes };
     int rc = have_cp ? tl_es_read_all(es, &cp, &f, s->o.batch, &list) : TL_ERETRY;
     int64_t delay = 0;
     if (rc == 0 && list->count > 0) {
+      lag_beyond(s, &f, list);
       tl_es_checkpoint next = cp;
       rc = s->o.transactional ? run_tx_batch(s, list, &next) : run_batch(s, list, &next);
       cp = next;
@@ -273,9 +346,11 @@ static void *sub_main(void *arg)
       s->cp = cp;
       pthread_mutex_unlock(&s->mu);
       if (rc == TL_ESTATE) set_leader(s, false);
+      if (rc == 0 && s->beyond == 0) lag_zero(s);
       delay = rc ? s->o.retry_us : 0;
       idle = s->o.poll_min_us;
     } else if (rc == 0) {
+      lag_zero(s);
       delay = idle;
       idle = idle * 2 > s->o.poll_max_us ? s->o.poll_max_us : idle * 2;
     } else {
@@ -286,8 +361,16 @@ static void *sub_main(void *arg)
     s->busy = false;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
-    if (delay > 0 && !wait_for(s, delay)) break;
+    if (delay > 0) {
+      int w = wait_for(s, delay, seq);
+      if (w < 0) break;
+      /* Something committed. On PostgreSQL it may still be below the
+       * horizon (an older transaction is running): look again soon
+       * rather than after a long idle backoff. */
+      if (w > 0) idle = s->o.poll_min_us;
+    }
   }
+  lag_zero(s);
   if (s->leader) {
     /* Hand the lease over at once instead of making others wait. */
     tl_db_exec(es->db, NULL, "UPDATE trellis_es_subscriptions SET owner = NULL, lease_until = 0 "
@@ -346,6 +429,10 @@ int tl_es_subscribe(tl_es *es, const tl_es_sub_opts *opts, tl_es_handler handler
     tl_log(TL_LOG_WARN, "subscription polls: cannot listen for appends",
            TL_F_STR("subscription", opts->name), TL_F_STR("error", tl_error_last()));
   s->name = strdup(opts->name);
+  if (s->name && es->m_lag_events) {
+    s->lag_events = tl_metric_series(es->m_lag_events, TL_LABELS(s->name));
+    s->lag_seconds = tl_metric_series(es->m_lag_seconds, TL_LABELS(s->name));
+  }
   s->category = opts->filter.category ? strdup(opts->filter.category) : NULL;
   bool oom = !s->name || (opts->filter.category && !s->category);
   if (opts->filter.ntypes) {

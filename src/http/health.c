@@ -190,7 +190,14 @@ static void add_check_json(tl__buf *b, const run_item *it, bool timed_out, bool 
     tl__buf_puts(b, ",");
   tl__buf_json_str(b, c->name, strlen(c->name));
   if (!timed_out && it->rc == 0) {
-    tl__buf_printf(b, ":{\"status\":\"up\",\"duration_ms\":%.3f}", (double)it->duration_us / 1000.0);
+    /* Ready, with a note when the check left one ("degraded: ..."). */
+    tl__buf_puts(b, ":{\"status\":\"up\",");
+    if (it->detail[0]) {
+      tl__buf_puts(b, "\"detail\":");
+      tl__buf_json_str(b, it->detail, strlen(it->detail));
+      tl__buf_puts(b, ",");
+    }
+    tl__buf_printf(b, "\"duration_ms\":%.3f}", (double)it->duration_us / 1000.0);
     return;
   }
   const char *err = timed_out ? "timeout" : it->detail[0] ? it->detail : tl_strerror(it->rc);

@@ -128,7 +128,8 @@ int tl_http_req_json(tl_http_req *req, tl_http_res *res, json_t **out)
   size_t len = 0;
   const char *body = tl_http_req_body(req, &len);
   json_error_t err;
-  json_t *j = json_loadb(body, len, JSON_DECODE_ANY, &err);
+  /* A key given twice is ambiguous (which one counts?): refuse it. */
+  json_t *j = json_loadb(body, len, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &err);
   if (!j) {
     tl_http_res_problem(res, 400, "malformed JSON at line %d, column %d: %s",
                         err.line, err.column, err.text);

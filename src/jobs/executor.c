@@ -24,6 +24,7 @@
 #define MAX_KINDS 256
 #define KIND_SLOTS 512 /* open addressing, twice MAX_KINDS */
 #define MAX_WORKERS 1024
+#define MAX_AGED 256 /* queues tracked by trellis_jobs_oldest_pending_age_seconds */
 
 enum { O_COMPLETED, O_RETRIED, O_DISCARDED, O_CANCELLED, O_SNOOZED, O_LOST, O_COUNT };
 static const char *const outcome_names[O_COUNT] = { "completed", "retried", "discarded",
@@ -69,13 +70,23 @@ struct tl_jobs {
   size_t nqueues;
   char *cron_tz;
   tl_metrics *metrics;
-  tl_metric *m_submitted, *m_finished, *m_run, *m_depth;
+  tl_metric *m_submitted, *m_finished, *m_run, *m_depth, *m_oldest, *m_cron_missed;
   tl_series *depth[4];
+  /* Queues the oldest-pending gauge has shown, set to 0 when they have
+   * no due job (timer thread only). */
+  tl_series *aged[MAX_AGED];
+  char *aged_names[MAX_AGED];
+  size_t naged;
 
   pthread_mutex_t mu;     /* registration, sleeping workers, lifecycle */
   kind *kinds[MAX_KINDS];
   _Atomic(kind *) khash[KIND_SLOTS];
   size_t nkinds;
+  /* The registered kinds' names, for fetches: a fetch takes only these,
+   * since a shared store also holds jobs for other programs' kinds. The
+   * count is published after the name (release); names never change. */
+  const char *names[MAX_KINDS];
+  atomic_size_t nnames;
   atomic_bool any_caps;
   pthread_mutex_t cap_mu; /* per-kind running counts, at_cap */
   const char *at_cap[MAX_KINDS];
@@ -152,6 +163,27 @@ static void cond_init_mono(pthread_cond_t *cv)
   pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
   pthread_cond_init(cv, &a);
   pthread_condattr_destroy(&a);
+}
+
+/* New work is there: let one sleeping worker look, or all of them. */
+static void wake_idle(tl_jobs *ex, bool all)
+{
+  /* Paused workers would only look and sleep again; resuming wakes them. */
+  if (atomic_load_explicit(&ex->idle, memory_order_seq_cst) &&
+      !atomic_load_explicit(&ex->paused, memory_order_relaxed)) {
+    pthread_mutex_lock(&ex->mu);
+    if (all)
+      pthread_cond_broadcast(&ex->work_cv);
+    else
+      pthread_cond_signal(&ex->work_cv);
+    pthread_mutex_unlock(&ex->mu);
+  }
+}
+
+/* Another process made jobs runnable (the store's listener thread). */
+static void wake_all(void *p)
+{
+  wake_idle(p, true);
 }
 
 /* ---- JSON check --------------------------------------------------------------- */
@@ -427,7 +459,9 @@ int tl_jobs_register(tl_jobs *ex, const tl_worker *w)
     free(k);
     return rc;
   }
-  ex->kinds[ex->nkinds++] = k;
+  ex->kinds[ex->nkinds] = k;
+  ex->names[ex->nkinds++] = k->name;
+  atomic_store_explicit(&ex->nnames, ex->nkinds, memory_order_release);
   if (k->w.max_concurrency)
     atomic_store(&ex->any_caps, true);
   size_t i = name_hash(k->name) & (KIND_SLOTS - 1);
@@ -517,6 +551,8 @@ static int take(tl_jobs *ex, slot *sl, tl__job *done, int64_t now)
     now = now_of(ex);
   tl__fetch f = { .now_us = now, .lease_until_us = sat_add(now, ex->lease_us),
                   .queues = (const char *const *)ex->queues, .nqueues = ex->nqueues,
+                  .kinds = ex->names,
+                  .nkinds = atomic_load_explicit(&ex->nnames, memory_order_acquire),
                   .done = done };
   tl__job job;
   int rc;
@@ -559,11 +595,7 @@ static void cap_release(tl_jobs *ex, kind *k)
     }
   }
   pthread_mutex_unlock(&ex->cap_mu);
-  if (atomic_load(&ex->idle)) {
-    pthread_mutex_lock(&ex->mu);
-    pthread_cond_signal(&ex->work_cv);
-    pthread_mutex_unlock(&ex->mu);
-  }
+  wake_idle(ex, false);
 }
 
 /* Run the slot's job and record its result. A plain completion (no
@@ -727,15 +759,52 @@ static void *worker_main(void *arg)
 
 /* ---- the timer thread -------------------------------------------------------------- */
 
+typedef struct aging {
+  tl_jobs *ex;
+  int64_t now;
+  bool seen[MAX_AGED];
+} aging;
+
+static void set_age(void *p, const char *queue, int64_t run_at)
+{
+  aging *g = p;
+  tl_jobs *ex = g->ex;
+  size_t i = 0;
+  while (i < ex->naged && strcmp(ex->aged_names[i], queue) != 0)
+    i++;
+  if (i == ex->naged) {
+    if (i == MAX_AGED || !(ex->aged_names[i] = strdup(queue)))
+      return;
+    ex->aged[ex->naged++] = tl_metric_series(ex->m_oldest, TL_LABELS(queue));
+  }
+  g->seen[i] = true;
+  tl_series_set(ex->aged[i], g->now > run_at ? (double)(g->now - run_at) / 1e6 : 0.0);
+}
+
+/* The depth and age gauges, from the store. On the timer thread. */
 static void update_gauges(tl_jobs *ex)
 {
   tl_jobs_stats st;
-  if (ex->store->ops->stats(ex->store, &st) != 0)
+  if (ex->store->ops->stats(ex->store, &st) == 0) {
+    tl_series_set(ex->depth[0], (double)st.pending);
+    tl_series_set(ex->depth[1], (double)st.running);
+    tl_series_set(ex->depth[2], (double)st.discarded);
+    tl_series_set(ex->depth[3], (double)st.cancelled);
+  }
+  aging g = { .ex = ex, .now = now_of(ex) };
+  if (ex->store->ops->oldest_due(ex->store, g.now, set_age, &g) != 0)
     return;
-  tl_series_set(ex->depth[0], (double)st.pending);
-  tl_series_set(ex->depth[1], (double)st.running);
-  tl_series_set(ex->depth[2], (double)st.discarded);
-  tl_series_set(ex->depth[3], (double)st.cancelled);
+  for (size_t i = 0; i < ex->naged; i++)
+    if (!g.seen[i])
+      tl_series_set(ex->aged[i], 0.0);
+}
+
+/* A job lost its lease (its process died, or stalled past the lease). */
+static void count_lost(void *p, const char *kind_name, bool discarded)
+{
+  tl_jobs *ex = p;
+  tl_series_inc(tl_metric_series(ex->m_finished, TL_LABELS(kind_name, outcome_names[
+                                   discarded ? O_DISCARDED : O_LOST])));
 }
 
 static void *timer_main(void *arg)
@@ -768,7 +837,7 @@ static void *timer_main(void *arg)
     }
     if (hb) {
       size_t n = 0;
-      ex->store->ops->recover(ex->store, now, &n);
+      ex->store->ops->recover(ex->store, now, count_lost, ex, &n);
       if (n)
         tl_log(TL_LOG_WARN, "jobs recovered from expired leases", TL_F_INT("count", n));
       next_hb = sat_add(now, ex->lease_us / 3);
@@ -966,7 +1035,14 @@ static int open_metrics(tl_jobs *ex)
                                  "kind", NULL, 0, &ex->m_run)) ||
       (rc = tl_metrics_gauge(r, "trellis_jobs_depth",
                              "Jobs in the store by state (pending is the queue depth).",
-                             "state", &ex->m_depth)))
+                             "state", &ex->m_depth)) ||
+      (rc = tl_metrics_gauge(r, "trellis_jobs_oldest_pending_age_seconds",
+                             "Age of the oldest job that is due and not running, by queue "
+                             "(0 when none).", "queue", &ex->m_oldest)) ||
+      (rc = tl_metrics_counter(r, "trellis_jobs_cron_missed_total",
+                               "Cron slots that passed without being claimed by any replica "
+                               "(skipped, or the one caught up), by schedule.", "schedule",
+                               &ex->m_cron_missed)))
     return rc;
   const char *states[4] = { "pending", "running", "discarded", "cancelled" };
   for (int i = 0; i < 4; i++)
@@ -987,6 +1063,8 @@ static void destroy(tl_jobs *ex)
     ex->store->ops->close(ex->store);
   tl__sched_free(ex->sched);
   free_list(ex->queues, ex->nqueues);
+  for (size_t i = 0; i < ex->naged; i++)
+    free(ex->aged_names[i]);
   free(ex->cron_tz);
   pthread_mutex_destroy(&ex->mu);
   pthread_mutex_destroy(&ex->cap_mu);
@@ -1056,11 +1134,11 @@ int tl_jobs_open(tl_jobs **out, const tl_jobs_config *cfgp)
   }
   ex->durable = cfg.db && cfg.store != TL_JOBS_STORE_MEMORY;
   ex->cron_missed = cfg.cron_missed;
-  /* Each fetch may lease as many jobs as there are workers: enough to
-   * keep them busy between round trips, few enough that one process
-   * never sits on much of the queue. */
-  tl__sql_store_opts so = { .batch = ex->nworkers > 64 ? 64 : ex->nworkers,
-                            .retention_us = cfg.retention_us, .lease_us = ex->lease_us };
+  /* A fetch leases as many jobs as there are workers, more while jobs
+   * are shorter than a round trip (the store adapts it). */
+  tl__sql_store_opts so = { .batch = ex->nworkers,
+                            .retention_us = cfg.retention_us, .lease_us = ex->lease_us,
+                            .wake = wake_all, .wake_ctx = ex };
   if ((rc = parse_queues(cfg.queues, "jobs: queues", &ex->queues, &ex->nqueues)) ||
       (rc = open_metrics(ex)) ||
       (rc = ex->durable
@@ -1257,16 +1335,6 @@ static int prepare(tl_jobs *ex, const char *kind_name, const char *args, const t
   return 0;
 }
 
-/* New work is there: let a sleeping worker look. */
-static void kick_worker(tl_jobs *ex)
-{
-  if (atomic_load_explicit(&ex->idle, memory_order_seq_cst)) {
-    pthread_mutex_lock(&ex->mu);
-    pthread_cond_signal(&ex->work_cv);
-    pthread_mutex_unlock(&ex->mu);
-  }
-}
-
 int tl_jobs_submit(tl_jobs *ex, const char *kind_name, const char *args,
                    const tl_job_opts *optsp)
 {
@@ -1287,7 +1355,7 @@ int tl_jobs_submit(tl_jobs *ex, const char *kind_name, const char *args,
     *o->id_out = id;
   if (!dup) {
     tl_series_inc(k->submitted);
-    kick_worker(ex);
+    wake_idle(ex, false);
   }
   return 0;
 }
@@ -1325,17 +1393,14 @@ int tl_jobs_submit_many(tl_jobs *ex, const char *kind_name, const char *const *a
   if (rc)
     return rc;
   tl_series_add(k->submitted, (double)n);
-  if (atomic_load(&ex->idle)) {
-    pthread_mutex_lock(&ex->mu);
-    pthread_cond_broadcast(&ex->work_cv);
-    pthread_mutex_unlock(&ex->mu);
-  }
+  wake_idle(ex, true);
   return 0;
 }
 
 int tl__jobs_submit_slot(tl_jobs *ex, const char *name, int64_t slot_us, const char *kind_name,
-                         const char *args, const tl_job_opts *o)
+                         const char *args, const tl_job_opts *o, int64_t *prev_us)
 {
+  *prev_us = INT64_MIN;
   if (!ex->store->ops->enqueue_slot)
     return tl_jobs_submit(ex, kind_name, args, o);
   kind *k;
@@ -1343,12 +1408,19 @@ int tl__jobs_submit_slot(tl_jobs *ex, const char *name, int64_t slot_us, const c
   int rc = prepare(ex, kind_name, args, o, now_of(ex), &k, &j);
   bool claimed = false;
   if (rc == 0)
-    rc = ex->store->ops->enqueue_slot(ex->store, name, slot_us, &j, &claimed);
+    rc = ex->store->ops->enqueue_slot(ex->store, name, slot_us, &j, &claimed, prev_us);
   if (rc == 0 && claimed) {
     tl_series_inc(k->submitted);
-    kick_worker(ex);
+    wake_idle(ex, false);
+  } else {
+    *prev_us = INT64_MAX;
   }
   return rc;
+}
+
+void tl__jobs_cron_missed(tl_jobs *ex, const char *name, uint64_t n)
+{
+  tl_series_add(tl_metric_series(ex->m_cron_missed, TL_LABELS(name)), (double)n);
 }
 
 int64_t tl__jobs_first_slot(tl_jobs *ex, const char *name, const tl_cron *c)
@@ -1388,11 +1460,8 @@ int tl_jobs_retry(tl_jobs *ex, int64_t id)
   if (atomic_load(&ex->closed))
     return tl_error_set(TL_ECLOSED, "jobs: shut down");
   int rc = ex->store->ops->retry(ex->store, id, now_of(ex));
-  if (rc == 0) {
-    pthread_mutex_lock(&ex->mu);
-    pthread_cond_signal(&ex->work_cv);
-    pthread_mutex_unlock(&ex->mu);
-  }
+  if (rc == 0)
+    wake_idle(ex, false);
   return rc;
 }
 

@@ -83,6 +83,10 @@ typedef struct tl__fetch {
   int64_t lease_until_us;
   const char *const *queues;        /* NULL: every queue */
   size_t nqueues;
+  /* Only jobs of these kinds (none when nkinds is 0). A store that can
+   * hold only registered kinds (memory) may ignore it. */
+  const char *const *kinds;
+  size_t nkinds;
   const char *const *exclude_kinds; /* at their concurrency limit */
   size_t nexclude;
   /* A held job that completed, finished first as complete() would, in
@@ -107,6 +111,12 @@ struct tl__job {
 };
 
 typedef struct tl__jobs_store tl__jobs_store;
+
+/* Told of each job that lost its lease: its kind, and whether it was
+ * discarded (no attempt left) rather than made pending again. */
+typedef void (*tl__lost_fn)(void *ctx, const char *kind, bool discarded);
+/* Told the run_at of the oldest due pending job of a queue. */
+typedef void (*tl__queue_age_fn)(void *ctx, const char *queue, int64_t run_at);
 
 /* The operations of a store. Finishing operations return TL_ESTATE, and
  * change nothing, when the hold was lost (the lease expired and the job
@@ -138,8 +148,9 @@ typedef struct tl__jobs_store_ops {
   /* Extend the leases of held jobs. */
   int (*heartbeat)(tl__jobs_store *s, tl__job *const *jobs, size_t n, int64_t lease_until);
   /* Running jobs whose lease ended before `now` count a failed attempt
-   * ("lease expired"): pending again, or discarded past max_retries. */
-  int (*recover)(tl__jobs_store *s, int64_t now, size_t *count);
+   * ("lease expired"): pending again, or discarded past max_retries.
+   * `lost` (may be NULL) is told of each. */
+  int (*recover)(tl__jobs_store *s, int64_t now, tl__lost_fn lost, void *ctx, size_t *count);
   /* By id. cancel: pending -> cancelled, running -> cancel flag raised.
    * retry: discarded, cancelled or pending -> pending at now, attempts
    * reset. */
@@ -148,6 +159,8 @@ typedef struct tl__jobs_store_ops {
   int (*get)(tl__jobs_store *s, int64_t id, tl_job_info **out);
   int (*list)(tl__jobs_store *s, const tl_job_filter *f, tl_job_list **out);
   int (*stats)(tl__jobs_store *s, tl_jobs_stats *out);
+  /* For each queue with pending jobs due at `now`, the oldest run_at. */
+  int (*oldest_due)(tl__jobs_store *s, int64_t now, tl__queue_age_fn fn, void *ctx);
   /* 0 when usable, else a status with the message set. */
   int (*ready)(tl__jobs_store *s);
   void (*close)(tl__jobs_store *s);
@@ -157,9 +170,10 @@ typedef struct tl__jobs_store_ops {
   int (*enqueue_many)(tl__jobs_store *s, const tl__job_new *jobs, size_t n);
   /* Claim cron slot (`name`, `slot_us`) and insert `j` in one step: once
    * per slot among every executor sharing the store. *claimed is false
-   * when another executor had it. */
+   * when another executor had it; when claimed, *prev_us is the latest
+   * slot claimed before it (INT64_MIN: none). */
   int (*enqueue_slot)(tl__jobs_store *s, const char *name, int64_t slot_us,
-                      const tl__job_new *j, bool *claimed);
+                      const tl__job_new *j, bool *claimed, int64_t *prev_us);
   /* The latest claimed slot of schedule `name`: 1 with *slot_us, 0 when
    * none was ever claimed, or a negative status. */
   int (*last_slot)(tl__jobs_store *s, const char *name, int64_t *slot_us);
@@ -180,11 +194,14 @@ int tl__jobs_store_memory_open(tl__jobs_store **out, unsigned retain_dead);
  * `batch` is how many jobs one fetch may take from the database at once
  * (the extra ones wait, leased, for this process's next fetches);
  * `retention_us` is how long completed jobs and claimed cron slots are
- * kept. */
+ * kept. On PostgreSQL, `wake` (may be NULL) is called from the store's
+ * listener thread when another process made jobs runnable. */
 typedef struct tl__sql_store_opts {
   unsigned batch;
   int64_t retention_us;
   int64_t lease_us;
+  void (*wake)(void *ctx);
+  void *wake_ctx;
 } tl__sql_store_opts;
 int tl__jobs_store_sql_open(tl__jobs_store **out, tl_db *db, const tl__sql_store_opts *o);
 
@@ -207,9 +224,14 @@ void tl__jobs_wake_timer(tl_jobs *ex);
 tl__sched *tl__jobs_sched(tl_jobs *ex);
 const char *tl__jobs_cron_tz(tl_jobs *ex);
 /* Submit the job of cron slot `slot_us` of schedule `name`: once per
- * slot across executors when the store is shared. */
+ * slot across executors when the store is shared. *prev_us gets
+ * INT64_MAX when another executor had the slot, else the slot claimed
+ * before it in a shared store, or INT64_MIN when there is none (or the
+ * store is not shared). */
 int tl__jobs_submit_slot(tl_jobs *ex, const char *name, int64_t slot_us, const char *kind,
-                         const char *args, const tl_job_opts *o);
+                         const char *args, const tl_job_opts *o, int64_t *prev_us);
+/* Count `n` slots of schedule `name` that passed unclaimed. */
+void tl__jobs_cron_missed(tl_jobs *ex, const char *name, uint64_t n);
 /* The first slot a new schedule should consider, given its cron: in a
  * shared store, the latest slot missed since the last claimed one (when
  * the configuration says to catch up), else the next one after now. */

@@ -17,6 +17,7 @@ typedef struct entry {
   int priority;
   tl_cron *cron;
   int64_t next;            /* the next slot, µs; INT64_MAX: none left */
+  bool catch_up;           /* `next` is a slot missed while no executor ran */
   struct entry *link;
 } entry;
 
@@ -103,21 +104,42 @@ static int64_t latest_slot(const tl_cron *c, int64_t slot, int64_t now)
   return slot;
 }
 
+/* Slots strictly between `from` and `to`, counted up to a bound (a gap
+ * of more slots counts as that many), so a long stall stays cheap. */
+static uint64_t slots_between(const tl_cron *c, int64_t from, int64_t to)
+{
+  uint64_t n = 0;
+  for (int64_t t = next_after(c, from); t < to && n < 100000; t = next_after(c, t))
+    n++;
+  return n;
+}
+
 int64_t tl__sched_run(tl__sched *s, tl_jobs *ex, int64_t now)
 {
   int64_t earliest = INT64_MAX;
   pthread_mutex_lock(&s->mu);
   for (entry *e = s->stopped ? NULL : s->head; e; e = e->link) {
     if (e->next <= now) {
-      int64_t slot = latest_slot(e->cron, e->next, now);
+      int64_t slot = latest_slot(e->cron, e->next, now), prev;
       if (slot != e->next)
         tl_log(TL_LOG_WARN, "cron slots missed; running the latest only",
                TL_F_STR("schedule", e->name), TL_F_INT("first_missed_us", e->next),
                TL_F_INT("slot_us", slot));
       tl_job_opts o = { .priority = e->priority, .queue = e->queue, .run_at_us = slot };
-      if (tl__jobs_submit_slot(ex, e->name, slot, e->kind, e->args, &o) != 0)
+      if (tl__jobs_submit_slot(ex, e->name, slot, e->kind, e->args, &o, &prev) != 0)
         tl_log(TL_LOG_ERROR, "cron submit failed", TL_F_STR("schedule", e->name),
                TL_F_STR("error", tl_error_last()));
+      else if (prev != INT64_MAX) {
+        /* Missed: in a shared store, the slots nobody claimed since the
+         * last claim; else the ones this scheduler skipped. A slot caught
+         * up at start-up was missed too. */
+        uint64_t missed = prev != INT64_MIN ? slots_between(e->cron, prev, slot)
+                          : slot != e->next ? 1 + slots_between(e->cron, e->next, slot) : 0;
+        missed += e->catch_up;
+        if (missed)
+          tl__jobs_cron_missed(ex, e->name, missed);
+      }
+      e->catch_up = false;
       e->next = next_after(e->cron, slot);
     }
     if (e->next < earliest)
@@ -163,6 +185,7 @@ int tl_jobs_schedule_opts(tl_jobs *ex, const char *name, const char *expr, const
     return tl_error_set(TL_ENOMEM, "jobs: out of memory");
   }
   e->next = tl__jobs_first_slot(ex, name, e->cron);
+  e->catch_up = e->next <= tl__jobs_now(ex);
   tl__sched *s = tl__jobs_sched(ex);
   pthread_mutex_lock(&s->mu);
   if (s->stopped) {

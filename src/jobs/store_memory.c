@@ -809,7 +809,8 @@ static int mem_heartbeat(tl__jobs_store *s, tl__job *const *jobs, size_t n, int6
   return 0;
 }
 
-static int mem_recover(tl__jobs_store *s, int64_t now, size_t *count)
+static int mem_recover(tl__jobs_store *s, int64_t now, tl__lost_fn lost_fn, void *ctx,
+                       size_t *count)
 {
   mem_store *m = M(s);
   size_t n = 0;
@@ -822,7 +823,10 @@ static int mem_recover(tl__jobs_store *s, int64_t now, size_t *count)
     m->st.running--;
     r->lease = ++m->lease_seq;
     set_error(r, "lease expired: the worker was lost");
-    if (r->max_retries >= 0 && r->attempt <= (unsigned)r->max_retries) {
+    bool retry = r->max_retries >= 0 && r->attempt <= (unsigned)r->max_retries;
+    if (lost_fn) /* before bury: the record may be freed there */
+      lost_fn(ctx, r->lane->kind, !retry);
+    if (retry) {
       r->run_at = now;
       place(m, r, now);
       m->st.pending++;
@@ -835,6 +839,37 @@ static int mem_recover(tl__jobs_store *s, int64_t now, size_t *count)
   pthread_mutex_unlock(&m->mu);
   if (count)
     *count = n;
+  return 0;
+}
+
+/* Due jobs are in lanes once promoted: each lane's FIFO heads are its
+ * oldest of each priority. */
+static int mem_oldest_due(tl__jobs_store *s, int64_t now, tl__queue_age_fn fn, void *ctx)
+{
+  mem_store *m = M(s);
+  pthread_mutex_lock(&m->mu);
+  drain(m);
+  promote(m, now);
+  for (size_t i = 0; i < m->nlanes; i++) {
+    lane *l = m->lanes[i];
+    int64_t oldest = INT64_MAX;
+    bool first = true;
+    for (size_t j = 0; j < i && first; j++)
+      first = strcmp(m->lanes[j]->queue, l->queue) != 0;
+    if (!first)
+      continue; /* this queue was done with its first lane */
+    for (size_t j = i; j < m->nlanes; j++) {
+      lane *o = m->lanes[j];
+      if (strcmp(o->queue, l->queue) != 0)
+        continue;
+      for (size_t k = 0; k < o->nf; k++)
+        if (o->f[k].head->run_at < oldest)
+          oldest = o->f[k].head->run_at;
+    }
+    if (oldest <= now)
+      fn(ctx, l->queue, oldest);
+  }
+  pthread_mutex_unlock(&m->mu);
   return 0;
 }
 
@@ -1059,6 +1094,7 @@ static const tl__jobs_store_ops memory_ops = {
   .get = mem_get,
   .list = mem_list,
   .stats = mem_stats,
+  .oldest_due = mem_oldest_due,
   .ready = mem_ready,
   .close = mem_close,
 };

@@ -27,12 +27,13 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* A copied message. buf: subject\0 key\0 request-id\0 (key\0 value\0)* data */
+/* A copied message. buf: subject\0 key\0 request-id\0 given-id\0
+ * (key\0 value\0)* data */
 struct mslot {
   char *buf;
   size_t cap;
   size_t data_off, data_len;
-  uint16_t subject_len, key_len, rid_len, nuser;
+  uint16_t subject_len, key_len, rid_len, gid_len, nuser;
   uint8_t id[16], trace[16], span[8], flags;
   int64_t published_us;
   unsigned prior;            /* deliveries before this one (requeued) */
@@ -150,8 +151,9 @@ static int mem_ready(tl_mq *mq)
 
 static int slot_fill(struct mslot *s, tl__mq_out *o)
 {
+  size_t gid_len = o->id_given ? strlen(o->id_text) : 0;
   size_t need = o->subject_len + 1 + (o->key_is_subject ? 0 : o->key_len + 1) +
-                o->request_id_len + 1 + o->len;
+                o->request_id_len + 1 + gid_len + 1 + o->len;
   for (size_t i = 0; i < o->nuser; i++)
     if (!tl__mq_out_skip(o, i))
       need += strlen(o->user[i].key) + strlen(o->user[i].value) + 2;
@@ -182,6 +184,10 @@ static int slot_fill(struct mslot *s, tl__mq_out *o)
   p[o->request_id_len] = '\0';
   p += o->request_id_len + 1;
   s->rid_len = (uint16_t)o->request_id_len;
+  memcpy(p, o->id_text, gid_len);
+  p[gid_len] = '\0';
+  p += gid_len + 1;
+  s->gid_len = (uint16_t)gid_len;
   uint16_t nu = 0;
   for (size_t i = 0; i < o->nuser; i++) {
     if (tl__mq_out_skip(o, i))
@@ -198,7 +204,8 @@ static int slot_fill(struct mslot *s, tl__mq_out *o)
   s->data_len = o->len;
   if (o->len)
     memcpy(p, o->data, o->len);
-  memcpy(s->id, o->id, 16);
+  if (!gid_len)
+    memcpy(s->id, o->id, 16);
   memcpy(s->trace, o->trace_id, 16);
   memcpy(s->span, o->span_id, 8);
   s->flags = o->trace_flags;
@@ -308,11 +315,16 @@ static void slot_view(struct mslot *s, struct scratch *sc)
   }
   const char *rid = p;
   p += s->rid_len + 1;
-  tl_uuid_format(s->id, sc->id);
+  const char *id = sc->id;
+  if (s->gid_len)
+    id = p;
+  else
+    tl_uuid_format(s->id, sc->id);
+  p += s->gid_len + 1;
   fmt_i64(s->published_us, sc->published);
   tl__mq_fmt_traceparent(s->trace, s->span, s->flags, sc->traceparent);
   size_t k = 0;
-  sc->hdrs[k++] = (tl_mq_header){ TL__MQ_H_ID, sc->id };
+  sc->hdrs[k++] = (tl_mq_header){ TL__MQ_H_ID, id };
   sc->hdrs[k++] = (tl_mq_header){ TL__MQ_H_PUBLISHED, sc->published };
   sc->hdrs[k++] = (tl_mq_header){ TL__MQ_H_TRACEPARENT, sc->traceparent };
   sc->d.traceparent = sc->traceparent;
@@ -331,7 +343,7 @@ static void slot_view(struct mslot *s, struct scratch *sc)
   m->nheaders = k;
   m->data = s->buf + s->data_off;
   m->len = s->data_len;
-  m->id = sc->id;
+  m->id = id;
   m->published_us = s->published_us;
   sc->d.broker_count = 1 + s->prior;
 }

@@ -213,6 +213,16 @@ int tl__mq_out_init(tl__mq_out *o, const tl_mq_message *m)
   }
   o->user = m->headers;
   o->nuser = m->nheaders;
+  o->id_given = o->id_ready = false;
+  if (m->id) {
+    size_t il = strlen(m->id);
+    if (il == 0 || il >= TL_UUID_STRLEN || !header_value_ok(m->id))
+      return tl_error_set(TL_EINVAL, "subject '%s': message id '%.40s' must be 1 to %d bytes "
+                                     "without CR or LF",
+                          m->subject, m->id, TL_UUID_STRLEN - 1);
+    memcpy(o->id_text, m->id, il + 1);
+    o->id_given = o->id_ready = true;
+  }
 
   if (tp_in) {
     if (tl__mq_parse_traceparent(tp_in, o->trace_id, o->span_id, &o->trace_flags) != 0)
@@ -238,14 +248,24 @@ int tl__mq_out_init(tl__mq_out *o, const tl_mq_message *m)
   if (o->request_id)
     o->request_id_len = strlen(o->request_id);
   o->published_us = tl_time_now_us();
-  tl_uuid7_at(o->published_us, o->id);
+  if (!o->id_given)
+    tl_uuid7_at(o->published_us, o->id);
   return 0;
+}
+
+const char *tl__mq_out_id(tl__mq_out *o)
+{
+  if (!o->id_ready) {
+    tl_uuid_format(o->id, o->id_text);
+    o->id_ready = true;
+  }
+  return o->id_text;
 }
 
 const tl_mq_header *tl__mq_out_headers(tl__mq_out *o, size_t *n)
 {
   if (!o->formatted) {
-    tl_uuid_format(o->id, o->id_text);
+    tl__mq_out_id(o);
     snprintf(o->published_text, sizeof o->published_text, "%lld", (long long)o->published_us);
     tl__mq_fmt_traceparent(o->trace_id, o->span_id, o->trace_flags, o->traceparent);
     size_t k = 0;
@@ -839,11 +859,8 @@ int tl_mq_publish_async(tl_mq *mq, const tl_mq_message *m, tl_mq_publish_cb cb, 
     /* Accepted or refused before returning: no record needed. */
     rc = mq->be->publish(mq, &o, NULL, 0);
     record_sync_publish(st, rc, &o);
-    if (rc == 0 && cb) {
-      char id[TL_UUID_STRLEN];
-      tl_uuid_format(o.id, id);
-      cb(0, id, ctx);
-    }
+    if (rc == 0 && cb)
+      cb(0, tl__mq_out_id(&o), ctx);
     return rc;
   }
   int64_t deadline = 0;
@@ -857,7 +874,7 @@ int tl_mq_publish_async(tl_mq *mq, const tl_mq_message *m, tl_mq_publish_cb cb, 
     return tl_error_set(TL_ENOMEM, "mq: out of memory");
   }
   *p = (tl__mq_pub){ .mq = mq, .cb = cb, .ctx = ctx, .st = st, .start_us = o.published_us };
-  tl_uuid_format(o.id, p->id);
+  memcpy(p->id, tl__mq_out_id(&o), sizeof p->id);
   rc = mq->be->publish(mq, &o, p, deadline);
   if (rc) {
     free(p);
@@ -927,7 +944,7 @@ int tl_mq_publish_batch(tl_mq *mq, const tl_mq_message *msgs, size_t n, int *sta
     if (!r) {
       recs[i] = (tl__mq_pub){ .mq = mq, .st = stt, .start_us = o.published_us, .batch = &b,
                               .index = i };
-      tl_uuid_format(o.id, recs[i].id);
+      memcpy(recs[i].id, tl__mq_out_id(&o), sizeof recs[i].id);
       r = mq->be->publish(mq, &o, &recs[i], deadline);
       if (r)
         window_give(mq);

@@ -58,7 +58,9 @@ typedef struct tl__mq_out {
   size_t len;
   const tl_mq_header *user; /* the publisher's headers, traceparent and */
   size_t nuser;             /* x-request-id excluded (see below) */
-  uint8_t id[16];           /* UUIDv7 */
+  uint8_t id[16];           /* UUIDv7, unless id_given */
+  bool id_given;            /* the publisher's id is in id_text */
+  bool id_ready;            /* id_text holds the id */
   int64_t published_us;
   uint8_t trace_id[16], span_id[8], trace_flags;
   const char *request_id;   /* borrowed; NULL when none */
@@ -81,6 +83,10 @@ static inline bool tl__mq_out_skip(const tl__mq_out *o, size_t i)
 {
   return (int)i == o->skip_tp || (int)i == o->skip_rid;
 }
+
+/* The message id of `o` as text (the publisher's, or the UUIDv7
+ * formatted on first use). Valid while `o` is. */
+const char *tl__mq_out_id(tl__mq_out *o);
 
 /* Every header of `o` as text: message-id, published-us, traceparent,
  * x-request-id (when set), then the publisher's. Valid while `o` is. */

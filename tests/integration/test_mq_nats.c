@@ -80,6 +80,33 @@ static void durable_group(void **state)
   MQC_OK(tl_mq_close(mq));
 }
 
+/* The message id is JetStream's Nats-Msg-Id: a second publish with the
+ * same id within the duplicate window is acknowledged but not stored. */
+static void jetstream_drops_repeated_id(void **state)
+{
+  (void)state;
+  tl_mq *mq = mqc_open();
+  char subj[128], id[40];
+  mqc_subj(subj, sizeof subj, "dedup");
+  snprintf(id, sizeof id, "%s-once", mqc_token());
+  mqc_col c;
+  mqc_col_init(&c, MQC_ACK);
+  tl_mq_sub *sub;
+  MQC_OK(tl_mq_subscribe(mq, subj, mqc_handler, &c, NULL, &sub));
+  tl_mq_message m = { .subject = subj, .data = "d", .len = 1, .id = id };
+  MQC_OK(tl_mq_publish_msg(mq, &m));
+  MQC_OK(tl_mq_publish_msg(mq, &m));
+  m.id = NULL;
+  MQC_OK(tl_mq_publish_msg(mq, &m));
+  assert_int_equal(mqc_wait(&c, 2, MQC_WAIT_US), 2);
+  tl_sleep_us(MQC_QUIET_US);
+  assert_int_equal(mqc_count(&c), 2);
+  assert_string_equal(c.recs[0].id, id);
+  MQC_OK(tl_mq_unsubscribe(sub));
+  mqc_col_free(&c);
+  MQC_OK(tl_mq_close(mq));
+}
+
 static void unreachable_server(void **state)
 {
   (void)state;
@@ -108,6 +135,7 @@ int main(void)
     cmocka_unit_test(fault_server_crash),
     cmocka_unit_test(core_nats),
     cmocka_unit_test(durable_group),
+    cmocka_unit_test(jetstream_drops_repeated_id),
     cmocka_unit_test(unreachable_server),
   };
   return cmocka_run_group_tests_name("mq contract: nats", tests, NULL, NULL);

@@ -165,6 +165,16 @@ static void command_bus(void **state)
   ok(tl_command_bus_execute(cb2, "Count", "{}", &result), "no key");
   assert_string_equal(result, "{\"call\":2}");
   tl_free(result);
+  /* The JSON entry point: the same chain and idempotency, no text. */
+  json_t *payload = json_pack("{s:i, s:i}", "a", 1, "b", 2), *res = NULL;
+  ok(tl_command_bus_execute_json(cb, "Count", payload, &o, &res), "json idem");
+  assert_int_equal(json_integer_value(json_object_get(res, "call")), 1);
+  json_decref(res);
+  json_object_set_new(payload, "a", json_integer(5));
+  assert_int_equal(tl_command_bus_execute_json(cb, "Count", payload, &o, &res), TL_ECONFLICT);
+  assert_null(res);
+  assert_int_equal(tl_command_bus_execute_json(cb, "Count", NULL, NULL, &res), TL_EINVAL);
+  json_decref(payload);
   /* Metrics were counted. */
   char *text;
   size_t len;
@@ -230,6 +240,75 @@ static void aggregate_retry_and_snapshots(void **state)
   assert_true(json_equal(st, st2));
   json_decref(st);
   json_decref(st2);
+}
+
+/* in_tx: a side table written in the append's transaction. */
+static int reserve(tl_tx *tx, const json_t *state, const tl_event *ev, size_t n, void *ctx)
+{
+  (void)state;
+  int *n_calls = ctx;
+  (*n_calls)++;
+  assert_true(n >= 1);
+  assert_true(ev[0].version >= 1); /* appended: versions are filled */
+  json_t *d = json_loads(ev[n - 1].data, 0, NULL);
+  int rc = tl_tx_exec(tx, NULL, "INSERT INTO reserved (email) VALUES ($1)",
+                      TL_ARGS(tl_text(json_string_value(json_object_get(d, "email")))));
+  json_decref(d);
+  return rc;
+}
+
+static void aggregate_options(void **state)
+{
+  (void)state;
+  ok(tl_db_exec(db, NULL, "CREATE TABLE reserved (email TEXT PRIMARY KEY)", TL_NOARGS), "table");
+  int in_tx_calls = 0;
+  json_t *st = NULL, *cmd = json_pack("{s:s, s:s}", "name", "Ann", "email", "ann@example.com");
+  int64_t v = 0;
+  tl_aggregate_exec_opts o = { .metadata = "{\"traceparent\":\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"}",
+                               .in_tx = reserve, .in_tx_ctx = &in_tx_calls, .state_out = &st };
+  ok(tl_aggregate_execute_opts(es, &user_def, "user-opt1", cmd, decide_create, NULL, &o, &v), "create");
+  assert_int_equal(v, 1);
+  assert_int_equal(in_tx_calls, 1);
+  assert_string_equal(json_string_value(json_object_get(st, "email")), "ann@example.com");
+  json_decref(st);
+  tl_event_list *l;
+  ok(tl_es_get_events(es, "user-opt1", &l), "read");
+  assert_int_equal(l->count, 1);
+  assert_non_null(strstr(l->events[0].metadata, "4bf92f3577b34da6a3ce929d0e0e4736"));
+  tl_event_list_free(l);
+  /* The side write fails (the email is taken): nothing is appended, and
+   * the unique violation is a constraint error, not a version conflict
+   * to retry. */
+  in_tx_calls = 0;
+  assert_int_equal(tl_aggregate_execute_opts(es, &user_def, "user-opt2", cmd, decide_create, NULL,
+                                             &o, &v), TL_ECONSTRAINT);
+  assert_int_equal(in_tx_calls, 1);
+  int64_t ver = -1;
+  ok(tl_es_stream_version(es, "user-opt2", &ver), "version");
+  assert_int_equal(ver, 0);
+  /* A stale expected version (If-Match): TL_EPRECOND, nothing decided. */
+  json_t *change = json_pack("{s:s}", "email", "ann2@example.com");
+  tl_aggregate_exec_opts pre = { .has_expected = true, .expected_version = 0 };
+  assert_int_equal(tl_aggregate_execute_opts(es, &user_def, "user-opt1", change, decide_email, NULL,
+                                             &pre, &v), TL_EPRECOND);
+  assert_non_null(strstr(tl_error_last(), "expected version 0, found 1"));
+  pre.expected_version = 1;
+  ok(tl_aggregate_execute_opts(es, &user_def, "user-opt1", change, decide_email, NULL, &pre, &v),
+     "matching expected version");
+  assert_int_equal(v, 2);
+  json_decref(change);
+  /* A new stream skips the load; an existing one is a conflict, not retried. */
+  tl_aggregate_exec_opts fresh = { .new_stream = true };
+  json_t *bob = json_pack("{s:s, s:s}", "name", "Bob", "email", "bob@example.com");
+  ok(tl_aggregate_execute_opts(es, &user_def, "user-opt3", bob, decide_create, NULL, &fresh, &v),
+     "new stream");
+  assert_int_equal(v, 1);
+  assert_int_equal(tl_aggregate_execute_opts(es, &user_def, "user-opt3", bob, decide_create, NULL,
+                                             &fresh, &v), TL_ECONFLICT);
+  ok(tl_es_stream_version(es, "user-opt3", &ver), "version");
+  assert_int_equal(ver, 1);
+  json_decref(bob);
+  json_decref(cmd);
 }
 
 /* The read model: users(id, name, email), fed by a projection. */
@@ -340,6 +419,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(command_bus),
     cmocka_unit_test(aggregate_retry_and_snapshots),
+    cmocka_unit_test(aggregate_options),
     cmocka_unit_test(seed_user_example),
   };
   int failed = cmocka_run_group_tests_name("cqrs_sqlite", tests, NULL, NULL);

@@ -1,6 +1,7 @@
 /* The relay on SQLite and the in-process bus: every event reaches the
- * bus on "<category>.<type>" with its id, in order, once per event (a
- * restart resumes from the checkpoint); subject naming. */
+ * bus on "<category>.<type>" with its id as the message id (and in the
+ * event-id header), in order, once per event (a restart resumes from the
+ * checkpoint); subject naming. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -22,6 +23,7 @@ typedef struct got {
   pthread_mutex_t mu;
   char subjects[64][64];
   char ids[64][40];
+  char msg_ids[64][40];
   int n;
 } got;
 
@@ -33,6 +35,7 @@ static int on_msg(const tl_mq_msg *msg, void *ctx)
     snprintf(g->subjects[g->n], 64, "%s", msg->subject);
     const char *id = tl_mq_msg_header(msg, "event-id");
     snprintf(g->ids[g->n], 40, "%s", id ? id : "");
+    snprintf(g->msg_ids[g->n], 40, "%s", msg->id);
     g->n++;
   }
   pthread_mutex_unlock(&g->mu);
@@ -100,7 +103,10 @@ static void relay_publishes_everything(void **state)
   assert_string_equal(g.subjects[0], "user.created");
   assert_string_equal(g.subjects[1], "user.email_changed");
   assert_string_equal(g.subjects[2], "user.created");
-  for (int i = 0; i < 3; i++) assert_string_equal(g.ids[i], e[i].id);
+  for (int i = 0; i < 3; i++) {
+    assert_string_equal(g.ids[i], e[i].id);
+    assert_string_equal(g.msg_ids[i], e[i].id);
+  }
   /* A restart resumes after the checkpoint: nothing twice. */
   tl_event more = { .aggregate_id = "user-124", .event_type = "EmailChanged", .data = "{}", .version = 2 };
   assert_int_equal(tl_es_append(es, &more, 1), 0);
@@ -110,6 +116,7 @@ static void relay_publishes_everything(void **state)
   tl_relay_stop(r);
   assert_int_equal(count(&g), 4);
   assert_string_equal(g.ids[3], more.id);
+  assert_string_equal(g.msg_ids[3], more.id);
   tl_mq_unsubscribe(sub);
   tl_mq_close(mq);
   tl_es_close(es);

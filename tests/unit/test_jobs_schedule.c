@@ -71,6 +71,15 @@ static tl_jobs *open_at(const char *iso, const char *tz)
   return ex;
 }
 
+/* trellis_jobs_cron_missed_total{schedule} in `reg`. */
+static double missed(const char *schedule)
+{
+  tl_metric *m;
+  if (tl_metrics_counter(reg, "trellis_jobs_cron_missed_total", "", "schedule", &m) != 0)
+    fail_msg("metric: %s", tl_error_last());
+  return tl_series_value(tl_metric_series(m, TL_LABELS(schedule)));
+}
+
 static void move_to(tl_jobs *ex, const char *iso)
 {
   atomic_store(&fake_now, at(iso));
@@ -101,12 +110,15 @@ static void one_job_per_slot(void **state)
   assert_int_equal(slots[1], at("2026-01-01T02:00:00Z"));
   assert_int_equal(tl_jobs_schedule_next(ex, "hourly", &next), 0);
   assert_int_equal(next, at("2026-01-01T03:00:00Z"));
-  /* A stall over slots 03:00-06:00: only the latest runs. */
+  assert_true(missed("hourly") == 0);
+  /* A stall over slots 03:00-06:00: only the latest runs, and the three
+   * before it are counted as missed. */
   move_to(ex, "2026-01-01T06:10:00Z");
   WAIT_UNTIL(atomic_load(&nslots) == 3, 5000);
   tl_sleep_us(50000);
   assert_int_equal(atomic_load(&nslots), 3);
   assert_int_equal(slots[2], at("2026-01-01T06:00:00Z"));
+  WAIT_UNTIL(missed("hourly") == 3, 5000);
   assert_int_equal(tl_jobs_schedule_next(ex, "hourly", &next), 0);
   assert_int_equal(next, at("2026-01-01T07:00:00Z"));
   /* A stall of years over a per-minute schedule is still bounded work. */
@@ -118,6 +130,12 @@ static void one_job_per_slot(void **state)
   int64_t a = slots[3] < slots[4] ? slots[3] : slots[4], b = slots[3] ^ slots[4] ^ a;
   assert_int_equal(a, at("2029-06-01T12:00:00Z"));  /* hourly */
   assert_int_equal(b, at("2029-06-01T12:34:00Z"));  /* minutely */
+  /* Every hour from 07:00 on the first day to the one before the slot
+   * that ran; the minutes are counted up to the bound of 100,000. */
+  double hours = (double)(at("2029-06-01T12:00:00Z") - at("2026-01-01T07:00:00Z")) / 3.6e9;
+  WAIT_UNTIL(missed("minutely") > 0, 5000); /* counted after the submit */
+  assert_true(missed("hourly") == 3 + hours);
+  assert_true(missed("minutely") == 100001);
   tl_jobs_close(ex);
 }
 

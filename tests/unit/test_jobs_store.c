@@ -237,6 +237,22 @@ static void transitions(void **st)
   OPS(s)->close(s);
 }
 
+typedef struct lost_log {
+  int retried, discarded;
+  char kind[65];
+} lost_log;
+static lost_log lost_seen;
+
+static void on_lost(void *ctx, const char *kind, bool discarded)
+{
+  lost_log *l = ctx;
+  if (discarded)
+    l->discarded++;
+  else
+    l->retried++;
+  snprintf(l->kind, sizeof l->kind, "%s", kind);
+}
+
 static void release_and_lease_recovery(void **st)
 {
   (void)st;
@@ -258,10 +274,14 @@ static void release_and_lease_recovery(void **st)
   tl__job *hp = &h2;
   assert_int_equal(OPS(s)->heartbeat(s, &hp, 1, 5000), 0);
   size_t n = 99;
-  assert_int_equal(OPS(s)->recover(s, 4999, &n), 0);
+  lost_seen = (lost_log){ 0 };
+  assert_int_equal(OPS(s)->recover(s, 4999, on_lost, &lost_seen, &n), 0);
   assert_int_equal(n, 0);
-  assert_int_equal(OPS(s)->recover(s, 5001, &n), 0);
+  assert_int_equal(OPS(s)->recover(s, 5001, on_lost, &lost_seen, &n), 0);
   assert_int_equal(n, 1);
+  assert_int_equal(lost_seen.retried, 1);
+  assert_int_equal(lost_seen.discarded, 0);
+  assert_string_equal(lost_seen.kind, "k");
   tl_job_info *info;
   assert_int_equal(OPS(s)->get(s, a, &info), 0);
   assert_int_equal(info->state, TL_JOB_PENDING);
@@ -273,12 +293,61 @@ static void release_and_lease_recovery(void **st)
   /* max_retries (2) used up by lost leases: discarded */
   for (int i = 0; i < 2; i++) {
     assert_int_equal(fetch(s, 6000 + i * 2000, &h), 1);
-    assert_int_equal(OPS(s)->recover(s, 6000 + i * 2000 + 1001, &n), 0);
+    assert_int_equal(OPS(s)->recover(s, 6000 + i * 2000 + 1001, on_lost, &lost_seen, &n), 0);
     assert_int_equal(n, 1);
     assert_int_equal(OPS(s)->complete(s, &h, 0), TL_ESTATE);
   }
   assert_int_equal(state(s, a), TL_JOB_DISCARDED);
+  assert_int_equal(lost_seen.retried, 2);   /* told which of them were discarded */
+  assert_int_equal(lost_seen.discarded, 1);
   assert_int_equal(OPS(s)->release(s, &h, 0), TL_ESTATE);
+  OPS(s)->close(s);
+}
+
+typedef struct ages {
+  int n;
+  char queue[4][16];
+  int64_t run_at[4];
+} ages;
+
+static void on_age(void *ctx, const char *queue, int64_t run_at)
+{
+  ages *g = ctx;
+  if (g->n < 4) {
+    snprintf(g->queue[g->n], sizeof g->queue[0], "%s", queue);
+    g->run_at[g->n++] = run_at;
+  }
+}
+
+static void oldest_due_by_queue(void **st)
+{
+  (void)st;
+  tl__jobs_store *s = store(100);
+  put(s, "k", "q1", 0, 300, 100, NULL);
+  put(s, "k", "q1", 5, 200, 100, NULL);  /* other priority, older */
+  put(s, "k2", "q1", 0, 150, 100, NULL); /* other kind: another lane of q1 */
+  put(s, "k", "q2", 0, 900, 100, NULL);  /* not due at 400 */
+  ages g = { 0 };
+  assert_int_equal(OPS(s)->oldest_due(s, 400, on_age, &g), 0);
+  assert_int_equal(g.n, 1);
+  assert_string_equal(g.queue[0], "q1");
+  assert_int_equal(g.run_at[0], 150);
+  /* A running job is not pending: the next oldest counts. */
+  tl__job j;
+  assert_int_equal(fetch(s, 400, &j), 1); /* priority 5 first: run_at 200 */
+  g = (ages){ 0 };
+  assert_int_equal(OPS(s)->oldest_due(s, 400, on_age, &g), 0);
+  assert_int_equal(g.run_at[0], 150);
+  assert_int_equal(fetch(s, 400, &j), 1);
+  assert_int_equal(fetch(s, 400, &j), 1);
+  g = (ages){ 0 };
+  assert_int_equal(OPS(s)->oldest_due(s, 400, on_age, &g), 0);
+  assert_int_equal(g.n, 0);
+  g = (ages){ 0 };
+  assert_int_equal(OPS(s)->oldest_due(s, 1000, on_age, &g), 0);
+  assert_int_equal(g.n, 1);
+  assert_string_equal(g.queue[0], "q2");
+  assert_int_equal(g.run_at[0], 900);
   OPS(s)->close(s);
 }
 
@@ -378,6 +447,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(order_is_priority_then_run_at_then_id),
     cmocka_unit_test(filters_by_queue_and_excluded_kind),
+    cmocka_unit_test(oldest_due_by_queue),
     cmocka_unit_test(unique_keys_while_pending_or_running),
     cmocka_unit_test(transitions),
     cmocka_unit_test(release_and_lease_recovery),
