@@ -54,8 +54,10 @@ RUN groupadd --system --gid 10001 trellis \
 COPY --from=build /out/bin/api-management /out/bin/trellis /usr/local/bin/
 
 # An empty working folder: the service reads .env from here, and there is
-# none in the image.
+# none in the image. ./data holds the embedded default's SQLite file when
+# DATABASE_URL is not set (mount a volume there to keep it).
 WORKDIR /app
+RUN mkdir /app/data && chown 10001:10001 /app/data
 ENV HTTP_BIND=0.0.0.0 \
     HTTP_PORT=8080
 EXPOSE 8080

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
 #include <trellis/mq.h>
 
 #include "cli.h"
@@ -18,9 +20,12 @@ static void usage(FILE *out)
           "usage: trellis mq pub SUBJECT DATA [--header K=V]... [--key KEY] [--type T] [--url URL]\n"
           "       trellis mq sub PATTERN [--group G] [--count N] [--timeout DURATION]\n"
           "                      [--type T] [--url URL]\n"
+          "       trellis mq kafka-mock [--brokers N] [--topic T]\n"
           "  --type   memory, kafka, rabbitmq or nats (default: MESSAGE_QUEUE_TYPE)\n"
           "  --url    the broker: amqp://..., nats://..., or Kafka's host:port list\n"
-          "sub prints one JSON object per message: subject, data, headers, delivery.\n");
+          "sub prints one JSON object per message: subject, data, headers, delivery.\n"
+          "kafka-mock hosts librdkafka's mock Kafka cluster (in memory) until SIGINT or\n"
+          "SIGTERM, and prints its bootstrap list (KAFKA_BROKERS for other processes).\n");
 }
 
 /* JSON string: escapes, and U+FFFD for bytes that are not UTF-8. */
@@ -114,6 +119,55 @@ static int parse_type(const char *s, tl_mq_type *out)
   return -1;
 }
 
+/* trellis mq kafka-mock: a Kafka-protocol cluster for development and
+ * tests, reachable by other processes on loopback like a real one. */
+static int kafka_mock(int argc, char **argv)
+{
+  long brokers = 3;
+  const char *topic = "events";
+  for (int i = 2; i < argc; i++) {
+    char *end = NULL;
+    if (!strcmp(argv[i], "--brokers") && i + 1 < argc) {
+      brokers = strtol(argv[++i], &end, 10);
+      if (*end || brokers < 1 || brokers > 16) {
+        fprintf(stderr, "trellis mq kafka-mock: --brokers: '%s' is not an integer in [1, 16]\n",
+                argv[i]);
+        return CLI_USAGE;
+      }
+    } else if (!strcmp(argv[i], "--topic") && i + 1 < argc) {
+      topic = argv[++i];
+    } else {
+      fprintf(stderr, "trellis mq kafka-mock: unexpected argument '%s'\n", argv[i]);
+      usage(stderr);
+      return CLI_USAGE;
+    }
+  }
+  char err[256];
+  rd_kafka_conf_t *conf = rd_kafka_conf_new();
+  rd_kafka_conf_set(conf, "log_level", "3", err, sizeof err);
+  rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+  if (!rk) {
+    fprintf(stderr, "trellis mq kafka-mock: %s\n", err);
+    return CLI_FAIL;
+  }
+  rd_kafka_mock_cluster_t *mc = rd_kafka_mock_cluster_new(rk, (int)brokers);
+  if (!mc || rd_kafka_mock_topic_create(mc, topic, 3, brokers < 3 ? (int)brokers : 3) != 0) {
+    fprintf(stderr, "trellis mq kafka-mock: cannot start %ld brokers\n", brokers);
+    if (mc) rd_kafka_mock_cluster_destroy(mc);
+    rd_kafka_destroy(rk);
+    return CLI_FAIL;
+  }
+  struct sigaction sa = { .sa_handler = on_signal };
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  printf("%s\n", rd_kafka_mock_cluster_bootstraps(mc));
+  fflush(stdout);
+  while (!interrupted) tl_sleep_us(50000);
+  rd_kafka_mock_cluster_destroy(mc);
+  rd_kafka_destroy(rk);
+  return CLI_OK;
+}
+
 /* The "mq" command: argv[0] is "mq". Returns CLI_OK, CLI_FAIL or CLI_USAGE. */
 int cli_cmd_mq(int argc, char **argv, const tl_config *cfg)
 {
@@ -121,6 +175,7 @@ int cli_cmd_mq(int argc, char **argv, const tl_config *cfg)
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? CLI_USAGE : CLI_OK;
   }
+  if (!strcmp(argv[1], "kafka-mock")) return kafka_mock(argc, argv);
   bool pub = !strcmp(argv[1], "pub");
   if (!pub && strcmp(argv[1], "sub") != 0) {
     fprintf(stderr, "trellis mq: unknown subcommand '%s'\n", argv[1]);
