@@ -74,8 +74,9 @@ typedef int (*tl_cqrs_middleware)(tl_cqrs_call *call, tl_cqrs_next *next, void *
  *   (info for commands, debug for queries; failures at info when they are
  *   the caller's (TL_EINVAL, TL_ENOTFOUND, TL_ECONFLICT, TL_ECONSTRAINT,
  *   TL_EPRECOND, TL_ESTATE, TL_EPERM), else at warn);
- * metrics: trellis_cqrs_calls_total{kind,name,status} and the
- *   trellis_cqrs_call_duration_seconds{kind,name} histogram;
+ * metrics: trellis_cqrs_calls_total{bus,name,outcome} (bus "command" or
+ *   "query", outcome "ok" or a status name) and the
+ *   trellis_cqrs_call_duration_seconds{bus,name} histogram;
  * timing: fills call->elapsed_us, logs calls slower than 1 s as warnings;
  * idempotency: with a key, the first successful result for (name, key) is
  *   stored in the database and returned to every later call with the same

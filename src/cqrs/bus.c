@@ -63,11 +63,11 @@ static int bus_init(tl__bus *b, const char *kind, const tl_cqrs_config *cfg)
   b->db = cfg ? cfg->db : NULL;
   b->metrics = cfg && cfg->metrics ? cfg->metrics : tl_metrics_default();
   int rc = tl_metrics_counter(b->metrics, "trellis_cqrs_calls_total",
-                              "Commands and queries executed, by outcome.", "kind,name,status",
+                              "Commands and queries executed, by outcome.", "bus,name,outcome",
                               &b->m_calls);
   if (rc == 0)
     rc = tl_metrics_histogram(b->metrics, "trellis_cqrs_call_duration_seconds",
-                              "Time to execute a command or query.", "kind,name", NULL, 0,
+                              "Time to execute a command or query.", "bus,name", NULL, 0,
                               &b->m_seconds);
   if (rc) return rc;
   if (b->db) {

@@ -328,10 +328,10 @@ cache: reads hit|trellis_cache_requests_total{cache="default",result="hit"}|cach
 cache: no read failed|trellis_cache_requests_total{cache="default",result="error"}|cache,result|v == 0
 cache: the unknown user was loaded as not found|trellis_cache_loads_total{cache="default",result="not_found"}|cache,result|v >= 1
 cache: bytes held|trellis_cache_bytes{cache="default"}|cache|v > 0
-cqrs: 3 CreateUser commands ok|trellis_cqrs_calls_total{kind="command",name="CreateUser",status="ok"}|kind,name,status|v == 3
-cqrs: 1 CreateUser refused|sum without (status) (trellis_cqrs_calls_total{kind="command",name="CreateUser",status!="ok"})|kind,name|v == 1
-cqrs: GetUser queries ok|trellis_cqrs_calls_total{kind="query",name="GetUser",status="ok"}|kind,name,status|v >= 12
-cqrs: CreateUser calls timed|trellis_cqrs_call_duration_seconds_count{kind="command",name="CreateUser"}|kind,name|v == 4
+cqrs: 3 CreateUser commands ok|trellis_cqrs_calls_total{bus="command",name="CreateUser",outcome="ok"}|bus,name,outcome|v == 3
+cqrs: 1 CreateUser refused|sum without (outcome) (trellis_cqrs_calls_total{bus="command",name="CreateUser",outcome!="ok"})|bus,name|v == 1
+cqrs: GetUser queries ok|trellis_cqrs_calls_total{bus="query",name="GetUser",outcome="ok"}|bus,name,outcome|v >= 12
+cqrs: CreateUser calls timed|trellis_cqrs_call_duration_seconds_count{bus="command",name="CreateUser"}|bus,name|v == 4
 EOF
 
 # The rules loaded into the server evaluate without errors, and the

@@ -179,7 +179,7 @@ static void command_bus(void **state)
   char *text;
   size_t len;
   ok(tl_metrics_render(tl_metrics_default(), &text, &len), "render");
-  assert_non_null(strstr(text, "trellis_cqrs_calls_total{kind=\"command\",name=\"CreateUser\",status=\"ok\"} 1"));
+  assert_non_null(strstr(text, "trellis_cqrs_calls_total{bus=\"command\",name=\"CreateUser\",outcome=\"ok\"} 1"));
   tl_free(text);
   tl_command_bus_free(cb2);
   tl_command_bus_free(cb);
