@@ -83,12 +83,18 @@ static int answer_user(tl_http_req *req, tl_http_res *res, int status, json_t *u
 
 /* ---- request parsing ------------------------------------------------------------ */
 
+/* Ids are UUIDs in their 36-character form. */
+static bool is_uuid(const char *s)
+{
+  uint8_t b[16];
+  return s && strlen(s) == 36 && tl_uuid_parse(s, b) == 0;
+}
+
 /* A path {id} that is a UUID, else a 404 naming it (0 when answered). */
 static const char *user_id(tl_http_req *req, tl_http_res *res)
 {
   const char *id = tl_http_req_param(req, "id");
-  uint8_t b[16];
-  if (!id || tl_uuid_parse(id, b) != 0 || strlen(id) != 36) {
+  if (!is_uuid(id)) {
     tl_http_res_problem(res, 404, "user '%.64s' not found (ids are UUIDs)", id ? id : "");
     return NULL;
   }
@@ -210,12 +216,11 @@ static int list_users(tl_http_req *req, tl_http_res *res, void *ctx)
   (void)ctx;
   int64_t limit = 20;
   const char *active = tl_http_req_query(req, "active"), *cursor = tl_http_req_query(req, "cursor");
-  uint8_t b[16];
   if (query_int(req, res, "limit", 1, USERS_LIST_MAX, &limit)) return 0;
   if (active && strcmp(active, "true") && strcmp(active, "false"))
     return tl_http_res_problem(res, 400, "query 'active': expected true or false, got '%.40s'",
                                active);
-  if (cursor && (tl_uuid_parse(cursor, b) != 0 || strlen(cursor) != 36))
+  if (cursor && !is_uuid(cursor))
     return tl_http_res_problem(res, 400, "query 'cursor': expected the next_cursor of a previous "
                                          "page, got '%.40s'", cursor);
   json_t *p = json_pack("{s:I}", "limit", (json_int_t)limit);

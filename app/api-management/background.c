@@ -20,15 +20,6 @@ static const char *str(const json_t *o, const char *k)
   return json_string_value(json_object_get(o, k));
 }
 
-/* The trace id of a W3C traceparent, for this thread's log lines. */
-static void trace_from(const char *traceparent)
-{
-  char trace[33] = "";
-  if (traceparent && strlen(traceparent) >= 35 && traceparent[2] == '-')
-    snprintf(trace, sizeof trace, "%.32s", traceparent + 3);
-  tl_log_context_set(NULL, trace[0] ? trace : NULL);
-}
-
 /* Submit the welcome email job of a UserCreated event (its id, data
  * {id, name, email} and trace). 0, TL_EINVAL (data without id or email:
  * retrying cannot help) or the job store's error. */
@@ -77,7 +68,7 @@ static int on_user_created_event(const tl_event *ev, tl_tx *tx, void *ctx)
   (void)tx;
   json_t *meta = json_loads(ev->metadata ? ev->metadata : "{}", 0, NULL);
   const char *tp = str(meta, "traceparent");
-  trace_from(tp);
+  tl_log_context_set_traceparent(NULL, tp);
   int rc = submit_welcome(ctx, ev->id, ev->data, strlen(ev->data), tp);
   if (rc == TL_EINVAL) {
     tl_log(TL_LOG_ERROR, "skipped a UserCreated event", TL_F_STR("event_id", ev->id),
@@ -99,7 +90,7 @@ static int welcome_email(const char *args_json, tl_job_ctx *ctx)
     json_decref(args);
     return tl_job_discard(ctx, "arguments without event_id, user_id or email");
   }
-  trace_from(str(args, "traceparent"));
+  tl_log_context_set_traceparent(NULL, str(args, "traceparent"));
   tl_rows *r = NULL;
   int rc = tl_db_query(a->db, &r, "SELECT 1 FROM welcome_emails WHERE event_id = $1",
                        TL_ARGS(tl_text(event_id)));

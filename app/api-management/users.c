@@ -280,7 +280,7 @@ static int decide_create(const json_t *st, int64_t version, const json_t *cmd,
   return tl_aggregate_emit_event(em, "UserCreated", d);
 }
 
-static int require_active(const json_t *st, int64_t version, const json_t *cmd)
+static int require_exists(const json_t *st, int64_t version, const json_t *cmd)
 {
   if (version == 0)
     return tl_error_set(TL_ENOTFOUND, "user '%s' not found", str(cmd, "id"));
@@ -291,7 +291,7 @@ static int decide_update(const json_t *st, int64_t version, const json_t *cmd,
                          tl_aggregate_emit *em, void *ctx)
 {
   (void)ctx;
-  int rc = require_active(st, version, cmd);
+  int rc = require_exists(st, version, cmd);
   if (rc) return rc;
   if (!json_is_true(json_object_get(st, "active")))
     return tl_error_set(TL_ESTATE, "user '%s' is deactivated", str(cmd, "id"));
@@ -313,7 +313,7 @@ static int decide_deactivate(const json_t *st, int64_t version, const json_t *cm
                              tl_aggregate_emit *em, void *ctx)
 {
   (void)ctx;
-  int rc = require_active(st, version, cmd);
+  int rc = require_exists(st, version, cmd);
   if (rc || !json_is_true(json_object_get(st, "active"))) return rc; /* already: no-op */
   return tl_aggregate_emit_event(em, "UserDeactivated", json_object());
 }

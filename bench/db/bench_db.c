@@ -39,28 +39,6 @@ static void die(const char *what)
   exit(1);
 }
 
-/* The URL for `key` from the environment or the services env file. */
-static const char *service_url(const char *key, char *buf, size_t size)
-{
-  const char *env = getenv(key);
-  if (env && *env) return env;
-  const char *path = getenv("TRELLIS_SERVICES_ENV");
-  FILE *f = fopen(path && *path ? path : "/tmp/trellis-services/services.env", "r");
-  if (!f) return NULL;
-  char line[1024];
-  const char *found = NULL;
-  while (!found && fgets(line, sizeof line, f)) {
-    size_t k = strlen(key);
-    if (strncmp(line, key, k) == 0 && line[k] == '=') {
-      line[strcspn(line, "\r\n")] = '\0';
-      snprintf(buf, size, "%s", line + k + 1);
-      found = buf;
-    }
-  }
-  fclose(f);
-  return found;
-}
-
 /* ---- pool --------------------------------------------------------------- */
 
 /* The baseline: the least a pool can do, a mutex and a stack. */
@@ -572,12 +550,12 @@ int main(int argc, char **argv)
   remove_sqlite();
   char buf[512];
   if (wanted("pg")) {
-    const char *pg = service_url("TRELLIS_TEST_POSTGRES_URL", buf, sizeof buf);
+    const char *pg = bench_service_url("TRELLIS_TEST_POSTGRES_URL", buf, sizeof buf);
     if (pg) bench_pg(pg);
     else fprintf(stderr, "bench_db: no PostgreSQL (scripts/services start postgres): pg cases skipped\n");
   }
   if (wanted("mysql")) {
-    const char *my = service_url("TRELLIS_TEST_MYSQL_URL", buf, sizeof buf);
+    const char *my = bench_service_url("TRELLIS_TEST_MYSQL_URL", buf, sizeof buf);
     if (my) bench_mysql(my);
     else fprintf(stderr, "bench_db: no MariaDB (scripts/services start mariadb): mysql cases skipped\n");
   }

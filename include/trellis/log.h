@@ -59,6 +59,10 @@ void tl_log_set_fd(int fd);
 /* This thread's request context, added to every line it logs until
  * cleared with NULLs. Strings are copied (truncated to 64 bytes). */
 void tl_log_context_set(const char *request_id, const char *trace_id);
+/* The same with the trace id of a W3C traceparent header ("00-<trace
+ * id>-<parent id>-<flags>"), none when it is not a valid one: for threads
+ * that work for a message, an event or a job carrying the trace. */
+void tl_log_context_set_traceparent(const char *request_id, const char *traceparent);
 const char *tl_log_context_request_id(void);
 const char *tl_log_context_trace_id(void);
 

@@ -116,11 +116,7 @@ static int r_open(void **out, const tl__cache_url *u, const tl__cache_opts *o)
   rstore *r = calloc(1, sizeof *r);
   if (!r) return tl_error_set(TL_ENOMEM, "cache '%s': out of memory", o->name);
   pthread_mutex_init(&r->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&r->cv, &ca);
-  pthread_condattr_destroy(&ca);
+  tl__cond_init_mono(&r->cv);
   r->host = strdup(u->host);
   r->user = u->user ? strdup(u->user) : NULL;
   r->password = u->password ? strdup(u->password) : NULL;

@@ -2,12 +2,14 @@
 #ifndef TRELLIS_CORE_INT_H
 #define TRELLIS_CORE_INT_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* A growable byte buffer that may start on the caller's stack, so short
  * outputs (log lines, small JSON) need no allocation. Appends after an
@@ -66,5 +68,21 @@ static inline uint64_t tl__hash64(const void *p, size_t n, uint64_t seed)
   h *= 0xff51afd7ed558ccdull;
   return h ^ (h >> 29);
 }
+
+/* A condition variable whose timed waits use CLOCK_MONOTONIC, so a
+ * wall-clock step cannot stretch or cut a wait. */
+static inline void tl__cond_init_mono(pthread_cond_t *cv)
+{
+  pthread_condattr_t a;
+  pthread_condattr_init(&a);
+  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+  pthread_cond_init(cv, &a);
+  pthread_condattr_destroy(&a);
+}
+
+/* A W3C traceparent, "00-<32 hex trace id>-<16 hex parent id>-<2 hex
+ * flags>" exactly (no all-zero ids): true and its trace id in `trace_id`,
+ * else false. */
+bool tl__traceparent_parse(const char *s, char trace_id[33]);
 
 #endif

@@ -58,6 +58,42 @@ void tl_log_context_set(const char *request_id, const char *trace_id)
   copy_ctx(ctx_trace_id, trace_id);
 }
 
+static bool lower_hex(const char *s, size_t n, bool *all_zero)
+{
+  bool zero = true;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+      return false;
+    zero &= c == '0';
+  }
+  *all_zero = zero;
+  return true;
+}
+
+bool tl__traceparent_parse(const char *s, char trace_id[33])
+{
+  bool zero;
+  if (!s || strlen(s) != 55 || s[0] != '0' || s[1] != '0' || s[2] != '-' ||
+      s[35] != '-' || s[52] != '-')
+    return false;
+  if (!lower_hex(s + 3, 32, &zero) || zero)
+    return false;
+  if (!lower_hex(s + 36, 16, &zero) || zero)
+    return false;
+  if (!lower_hex(s + 53, 2, &zero))
+    return false;
+  memcpy(trace_id, s + 3, 32);
+  trace_id[32] = '\0';
+  return true;
+}
+
+void tl_log_context_set_traceparent(const char *request_id, const char *traceparent)
+{
+  char trace[33];
+  tl_log_context_set(request_id, tl__traceparent_parse(traceparent, trace) ? trace : NULL);
+}
+
 const char *tl_log_context_request_id(void) { return ctx_request_id; }
 const char *tl_log_context_trace_id(void) { return ctx_trace_id; }
 

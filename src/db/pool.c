@@ -255,11 +255,7 @@ int tl_pool_get(tl_pool *p, tl_conn **out)
         deadline = t0 + p->o.acquire_timeout_us;
       }
       waiter w = { .conn = NULL };
-      pthread_condattr_t ca;
-      pthread_condattr_init(&ca);
-      pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-      pthread_cond_init(&w.cv, &ca);
-      pthread_condattr_destroy(&ca);
+      tl__cond_init_mono(&w.cv);
       if (p->wtail) p->wtail->next = &w;
       else p->whead = &w;
       p->wtail = &w;
@@ -500,11 +496,7 @@ int tl__pool_new(tl_pool **out, const tl__backend *be, const tl__url *url,
   p->o = *o;
   snprintf(p->role, sizeof p->role, "%s", role);
   pthread_mutex_init(&p->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&p->kcv, &ca);
-  pthread_condattr_destroy(&ca);
+  tl__cond_init_mono(&p->kcv);
 
   p->m_in_use = series(m_conns, TL_LABELS(p->o.name, p->role, "in_use"));
   p->m_idle = series(m_conns, TL_LABELS(p->o.name, p->role, "idle"));

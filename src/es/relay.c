@@ -48,11 +48,8 @@ static int publish(const tl_event *ev, tl_tx *tx, void *ctx)
                       .key = ev->aggregate_id, .headers = h, .nheaders = n, .id = ev->id };
   /* The event's trace (and correlation id as the request id) for this
    * thread's log lines while it is published. */
-  const char *tp = json_string_value(json_object_get(meta, "traceparent"));
-  char trace[33] = "";
-  if (tp && strlen(tp) >= 35 && tp[2] == '-') snprintf(trace, sizeof trace, "%.32s", tp + 3);
-  tl_log_context_set(json_string_value(json_object_get(meta, "correlation_id")),
-                     trace[0] ? trace : NULL);
+  tl_log_context_set_traceparent(json_string_value(json_object_get(meta, "correlation_id")),
+                                 json_string_value(json_object_get(meta, "traceparent")));
   int rc = tl_mq_publish_msg(r->mq, &m);
   if (rc == 0) {
     r->published++;

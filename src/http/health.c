@@ -231,11 +231,7 @@ static int ready_handler(tl_http_req *req, tl_http_res *res, void *ctx)
   atomic_init(&r->refs, 1);
   r->n = n;
   pthread_mutex_init(&r->mu, NULL);
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&r->cv, &ca);
-  pthread_condattr_destroy(&ca);
+  tl__cond_init_mono(&r->cv);
   r->t0_us = tl_time_mono_us();
 
   pthread_mutex_lock(&r->mu);

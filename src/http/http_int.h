@@ -193,10 +193,6 @@ void tl__req_ids(tl_http_req *req, const char *x_request_id,
                  const char *traceparent);
 /* true when `s` is a usable x-request-id: 1..128 of [A-Za-z0-9._:-]. */
 bool tl__request_id_ok(const char *s);
-/* Parse a W3C traceparent (version 00). On success writes the 32-hex
- * trace id (33 bytes with NUL) and returns true. */
-bool tl__traceparent_parse(const char *s, char trace_id[33]);
-
 /* Set a body the response does not own (static or arena memory). */
 void tl__res_body_static(tl_http_res *res, const char *data, size_t len,
                          const char *content_type);

@@ -5,6 +5,7 @@
 
 #include <microhttpd.h>
 
+#include "core/core_int.h"
 #include "http_int.h"
 #include "trellis/clock.h"
 #include "trellis/error.h"
@@ -94,37 +95,6 @@ bool tl__request_id_ok(const char *s)
       return false;
   }
   return i > 0;
-}
-
-static bool lower_hex(const char *s, size_t n, bool *all_zero)
-{
-  bool zero = true;
-  for (size_t i = 0; i < n; i++) {
-    char c = s[i];
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-      return false;
-    zero &= c == '0';
-  }
-  *all_zero = zero;
-  return true;
-}
-
-/* "00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>", exactly. */
-bool tl__traceparent_parse(const char *s, char trace_id[33])
-{
-  bool zero;
-  if (!s || strlen(s) != 55 || s[0] != '0' || s[1] != '0' || s[2] != '-' ||
-      s[35] != '-' || s[52] != '-')
-    return false;
-  if (!lower_hex(s + 3, 32, &zero) || zero)
-    return false;
-  if (!lower_hex(s + 36, 16, &zero) || zero)
-    return false;
-  if (!lower_hex(s + 53, 2, &zero))
-    return false;
-  memcpy(trace_id, s + 3, 32);
-  trace_id[32] = '\0';
-  return true;
 }
 
 void tl__req_ids(tl_http_req *req, const char *x_request_id,

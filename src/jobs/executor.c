@@ -156,14 +156,6 @@ static struct timespec mono_in(int64_t us)
   return ts;
 }
 
-static void cond_init_mono(pthread_cond_t *cv)
-{
-  pthread_condattr_t a;
-  pthread_condattr_init(&a);
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  pthread_cond_init(cv, &a);
-  pthread_condattr_destroy(&a);
-}
 
 /* New work is there: let one sleeping worker look, or all of them. */
 static void wake_idle(tl_jobs *ex, bool all)
@@ -1105,9 +1097,9 @@ int tl_jobs_open(tl_jobs **out, const tl_jobs_config *cfgp)
     return tl_error_set(TL_ENOMEM, "jobs: out of memory");
   pthread_mutex_init(&ex->mu, NULL);
   pthread_mutex_init(&ex->cap_mu, NULL);
-  cond_init_mono(&ex->work_cv);
-  cond_init_mono(&ex->done_cv);
-  cond_init_mono(&ex->timer_cv);
+  tl__cond_init_mono(&ex->work_cv);
+  tl__cond_init_mono(&ex->done_cv);
+  tl__cond_init_mono(&ex->timer_cv);
   ex->clock = cfg.clock ? cfg.clock : tl_clock_wall;
   ex->clock_ctx = cfg.clock_ctx;
   ex->nworkers = cfg.workers ? cfg.workers : cores();

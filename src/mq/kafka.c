@@ -257,7 +257,7 @@ static int k_open(tl_mq *mq)
     k->brokers = strdup(brokers);
   }
   pthread_mutex_init(&k->mu, NULL);
-  tl__mq_cond_init(&k->cond);
+  tl__cond_init_mono(&k->cond);
   atomic_init(&k->stop, false);
   atomic_init(&k->up, false);
   char err[512], v[32];
@@ -772,7 +772,7 @@ static int k_subscribe(tl_mq_sub *sub)
   s->group = sub->group[0] != '\0';
   atomic_init(&s->stop, false);
   pthread_mutex_init(&s->mu, NULL);
-  tl__mq_cond_init(&s->cond);
+  tl__cond_init_mono(&s->cond);
   char err[512], gid[TL_MQ_SUBJECT_MAX + 80], pf[16];
   if (s->group)
     snprintf(gid, sizeof gid, "%s:%s", sub->group, sub->pattern);

@@ -491,7 +491,7 @@ static struct mqueue *queue_new(tl_mq_sub *sub, struct bus *b)
   pthread_mutex_init(&q->mu, &ma);
   pthread_mutexattr_destroy(&ma);
   pthread_cond_init(&q->not_empty, NULL);
-  tl__mq_cond_init(&q->not_full);
+  tl__cond_init_mono(&q->not_full);
   atomic_init(&q->pending, 0);
   return q;
 }

@@ -28,14 +28,6 @@ const char *tl_mq_type_name(tl_mq_type type)
 
 /* ---- small helpers ---- */
 
-void tl__mq_cond_init(pthread_cond_t *c)
-{
-  pthread_condattr_t a;
-  pthread_condattr_init(&a);
-  pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-  pthread_cond_init(c, &a);
-  pthread_condattr_destroy(&a);
-}
 
 int tl__mq_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, int64_t deadline)
 {
@@ -619,7 +611,7 @@ int tl_mq_open(tl_mq **out, const tl_mq_config *cfg)
   mq->be = be;
   pthread_mutex_init(&mq->mu, NULL);
   pthread_mutex_init(&mq->stats_mu, NULL);
-  tl__mq_cond_init(&mq->cond);
+  tl__cond_init_mono(&mq->cond);
   int rc = config_copy(mq, cfg);
   if (!rc)
     rc = register_metrics(mq);

@@ -14,6 +14,8 @@
 #include <trellis/metrics.h>
 #include <trellis/mq.h>
 
+#include "core/core_int.h"
+
 /* Names of the headers trellis writes. */
 #define TL__MQ_H_ID "message-id"
 #define TL__MQ_H_PUBLISHED "published-us"
@@ -264,6 +266,5 @@ static inline int64_t tl__mq_deadline(int64_t us)
 /* Wait on `c` until `deadline` (mono µs). Returns 0 or ETIMEDOUT. */
 int tl__mq_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, int64_t deadline);
 /* Initialize a condition variable on the monotonic clock. */
-void tl__mq_cond_init(pthread_cond_t *c);
 
 #endif

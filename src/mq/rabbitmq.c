@@ -411,7 +411,7 @@ static int r_open(tl_mq *mq)
   if (!r->ci.vhost || !r->ci.vhost[0])
     r->ci.vhost = (char *)"/";
   pthread_mutex_init(&r->mu, NULL);
-  tl__mq_cond_init(&r->cond);
+  tl__cond_init_mono(&r->cond);
   amqp_connection_state_t c;
   int rc = rconnect(r, &c);
   if (!rc) {

@@ -58,12 +58,12 @@ expect_eq "a stale ETag gets the document" 200 "$(api mem GET "/api/v1/users/$id
 kill_instance mem TERM
 
 # --- Redis, with an outage in the middle ---
-RPORT=$(for p in $(seq 21600 21699); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo "$p"; break; }; done)
+RPORT=$(free_port 21600 21699)
 "$REDIS" --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
   >"$WORK/redis.log" 2>&1 &
 RPID=$!
 trap 'kill -CONT $RPID 2>/dev/null; kill $RPID 2>/dev/null; drop_databases; cleanup_service' EXIT
-for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$RPORT) 2>/dev/null && break; sleep 0.1; done
+wait_port "$RPORT"
 start_instance red API_KEYS="$API_KEY" CACHE_URL="redis://127.0.0.1:$RPORT/0" CACHE_TIMEOUT=100ms \
   CACHE_BREAKER_OPEN=1s CACHE_KEY_PREFIX="e2e$$:"
 expect_eq "create (Redis)" 201 "$(api red POST /api/v1/users -d '{"name":"Redis Me","email":"redis@example.com"}')"

@@ -21,11 +21,11 @@ TP="00-$TRACE-00f067aa0ba902b7-01"
 # group of its own, writing JSON lines to $WORK/NAME.sub; returns once it
 # has received a probe message (so it sees everything published after).
 start_subscriber() {
-  local name=$1 type=$2 url=$3 i
+  local name=$1 type=$2 url=$3
   "$BIN_DIR/trellis" mq sub 'user.>' --group "e2e_${name}_$$" --timeout 120s --type "$type" \
     --url "$url" >"$WORK/$name.sub" 2>"$WORK/$name.sub.err" &
   SUB_PID=$!
-  for i in $(seq 1 80); do
+  for _ in $(seq 1 80); do
     "$BIN_DIR/trellis" mq pub user.probe '{}' --type "$type" --url "$url" >/dev/null 2>&1
     grep -q '"user.probe"' "$WORK/$name.sub" && return 0
     sleep 0.25
@@ -35,7 +35,7 @@ start_subscriber() {
 
 # flow NAME MQ_TYPE MQ_URL [VAR=value...]: the whole flow on one configuration.
 flow() {
-  local name=$1 type=$2 url=$3 i
+  local name=$1 type=$2 url=$3
   shift 3
   echo "--- $name"
   SUB_PID=
@@ -45,7 +45,7 @@ flow() {
 
   expect_eq "$name: POST creates" 201 "$(api "$name" POST /api/v1/users -H "traceparent: $TP" \
     -d '{"name":"Ada Lovelace","email":"Ada@Example.com"}')"
-  local id ver loc
+  local id loc
   id=$(body_field .id)
   expect_match "$name: the id is a UUID" '^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-' "$id"
   expect_eq "$name: the email is stored in lower case" ada@example.com "$(body_field .email)"
@@ -109,7 +109,7 @@ flow() {
     "$(body_field ".items[] | select(.args.user_id == \"$id\") | .args.event_id")"
 
   if [ -n "$SUB_PID" ]; then
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
       [ "$(grep -c '"user\.' "$WORK/$name.sub")" -ge 6 ] && break
       sleep 0.2
     done

@@ -111,10 +111,9 @@ for _ in $(seq 1 20); do
   cursor=$(body_field '.next_cursor // empty')
   [ -z "$cursor" ] && break
 done
-total=$(echo "$seen" | wc -w); distinct=$(echo "$seen" | tr ' ' '\n' | grep -c .)
+total=$(echo "$seen" | wc -w)
 expect_eq "pages cover 10 users" 10 "$total"
 expect_eq "no user twice across pages" "$total" "$(echo "$seen" | tr ' ' '\n' | grep . | sort -u | wc -l)"
-[ "$distinct" -eq "$total" ] || fail "pagination repeated users"
 
 # The OpenAPI document is served and matches the routes, both ways.
 expect_eq "GET /openapi.json" 200 "$(curl -s -o "$WORK/openapi.json" -D "$WORK/headers" -w '%{http_code}' \

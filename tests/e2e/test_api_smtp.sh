@@ -9,8 +9,7 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 command -v socat >/dev/null || { echo "FATAL: socat is not installed (scripts/install-deps test)" >&2; exit 1; }
-PORT=$(for p in $(seq 21500 21599); do
-  (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null || { echo "$p"; break; }; done)
+PORT=$(free_port 21500 21599)
 export SMTP_OUT=$WORK/mail
 
 start_instance svc API_KEYS="$API_KEY" SMTP_URL="smtp://127.0.0.1:$PORT" SMTP_FROM=noreply@example.com \
@@ -32,7 +31,7 @@ socat "TCP-LISTEN:$PORT,bind=127.0.0.1,reuseaddr,fork" EXEC:"$HERE/smtp_sink.sh"
 SOCAT=$!
 trap 'kill $SOCAT 2>/dev/null; drop_databases; cleanup_service' EXIT
 # The retry comes after the backoff (2 s base, full jitter); ask for it now.
-for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+wait_port "$PORT"
 api svc POST "/api/v1/jobs/$job/retry" >/dev/null
 expect_eq "the email went out over SMTP" 1 \
   "$(wait_log '"msg":"email sent","sink":"smtp","to":"grace@example.com"' 1 30 "${INST_LOG[svc]}")"

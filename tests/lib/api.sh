@@ -50,6 +50,23 @@ drop_databases() {
 }
 trap 'drop_databases; cleanup_service' EXIT
 
+# free_port FROM TO: the first port in FROM..TO nothing listens on.
+free_port() {
+  local p
+  for p in $(seq "$1" "$2"); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$p") 2>/dev/null || { echo "$p"; return 0; }
+  done
+  echo "FATAL: no free port in $1..$2" >&2
+  exit 1
+}
+
+# wait_port PORT: wait (5 s at most) until something listens on PORT.
+wait_port() {
+  local _
+  for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done
+  return 1
+}
+
 # api NAME METHOD PATH [curl args...]: a request with the test key to
 # instance NAME; prints the status, leaves the body in $WORK/body and the
 # headers in $WORK/headers.

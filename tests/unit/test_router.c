@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "core/core_int.h"
 #include "http/http_int.h"
 #include "trellis/error.h"
 
