@@ -69,13 +69,11 @@ crash() {
   users=$(wc -l <"$WORK/$name.users")
   expect_eq "$name: a welcome email for every user" "$users" \
     "$(for _ in $(seq 1 60); do
-         n=$(grep -h '"msg":"welcome email job done"' "${INST_LOG[$name]}" |
-           sed -n 's/.*"user_id":"\([^"]*\)".*/\1/p' | sort -u | wc -l)
+         n=$(welcomed_users "${INST_LOG[$name]}" | wc -l)
          [ "$n" -ge "$users" ] && break
          sleep 1
        done; echo "$n")"
-  if [ "$(grep -h '"msg":"welcome email job done"' "${INST_LOG[$name]}" | sed -n 's/.*"user_id":"\([^"]*\)".*/\1/p' |
-      sort -u | wc -l)" -lt "$users" ]; then
+  if [ "$(welcomed_users "${INST_LOG[$name]}" | wc -l)" -lt "$users" ]; then
     for state in pending running discarded; do
       api "$name" GET "/api/v1/jobs?state=$state&limit=20" >/dev/null
       echo "jobs $state: $(jq -c '[.items[] | {id, kind, attempt, last_error, user: .args.user_id}]' "$WORK/body")"

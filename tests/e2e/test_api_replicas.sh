@@ -77,10 +77,9 @@ expect_eq "each user's events are on the broker" 0 "$missing"
 
 # One welcome email per user among the replicas.
 LOGS=("${INST_LOG[r1]}" "${INST_LOG[r2]}" "${INST_LOG[r3]}")
-expect_eq "a welcome email job done for every user" "$USERS" \
+expect_eq "a welcome email job finished for every user" "$USERS" \
   "$(for _ in $(seq 1 60); do
-       n=$(cat "${LOGS[@]}" | grep '"msg":"welcome email job done"' |
-         sed -n 's/.*"user_id":"\([^"]*\)".*/\1/p' | sort -u | wc -l)
+       n=$(welcomed_users "${LOGS[@]}" | wc -l)
        [ "$n" -ge "$USERS" ] && break
        sleep 0.5
      done; echo "$n")"

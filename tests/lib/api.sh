@@ -87,6 +87,15 @@ header() {
   sed -n "s/^$1: *//Ip" "$WORK/headers" | tr -d '\r' | head -n1
 }
 
+# welcomed_users LOG...: the distinct user ids whose welcome email job
+# finished: it sent and recorded the email ("job done"), or, run again
+# after a crash between the record and that log line, found it recorded
+# ("already sent").
+welcomed_users() {
+  cat "$@" | grep -E '"msg":"welcome email (job done|already sent)"' |
+    sed -n 's/.*"user_id":"\([^"]*\)".*/\1/p' | sort -u
+}
+
 # wait_log REGEX COUNT SECONDS FILE...: wait until the files together
 # have COUNT lines matching REGEX; prints how many they have in the end.
 wait_log() {
