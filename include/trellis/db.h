@@ -257,6 +257,13 @@ int tl_tx_commit(tl_tx *tx);
 /* Roll back and release. NULL-safe; returns 0 or the rollback's error. */
 int tl_tx_rollback(tl_tx *tx);
 
+/* Call fn(ctx) once after the transaction commits (on the committing
+ * thread, the connection already given back); a rollback forgets it. The
+ * same fn and ctx registered again count once; up to 8 distinct hooks.
+ * For work that must not run unless the writes are durable, such as
+ * waking the readers of what was written. */
+int tl_tx_on_commit(tl_tx *tx, void (*fn)(void *ctx), void *ctx);
+
 /* Savepoints nest; `name` is an SQL identifier ([A-Za-z_][A-Za-z0-9_]*).
  * Rolling back to one clears an earlier failed statement. */
 int tl_tx_savepoint(tl_tx *tx, const char *name);

@@ -149,6 +149,12 @@ struct tl_rows {
   int64_t started_us;
 };
 
+#define TL__TX_HOOKS 8
+typedef struct tl__tx_hook {
+  void (*fn)(void *ctx);
+  void *ctx;
+} tl__tx_hook;
+
 struct tl_tx {
   tl_db *db;
   tl_conn *conn;       /* SQL: the connection it runs on */
@@ -156,6 +162,8 @@ struct tl_tx {
   void *doc;           /* MongoDB: the session state */
   bool failed;         /* a statement failed; only rollback is allowed */
   bool active;
+  tl__tx_hook on_commit[TL__TX_HOOKS]; /* run after a successful commit */
+  unsigned n_on_commit;
 };
 
 struct tl_conn {

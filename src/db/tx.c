@@ -110,11 +110,37 @@ static int tx_abort(tl_tx *tx)
   return rc;
 }
 
+int tl_tx_on_commit(tl_tx *tx, void (*fn)(void *ctx), void *ctx)
+{
+  if (!tx || !tx->active || !fn)
+    return tl_error_set(TL_EINVAL, "tl_tx_on_commit: %s", !fn ? "NULL function"
+                                                              : "no open transaction");
+  for (unsigned i = 0; i < tx->n_on_commit; i++)
+    if (tx->on_commit[i].fn == fn && tx->on_commit[i].ctx == ctx) return 0;
+  if (tx->n_on_commit == TL__TX_HOOKS)
+    return tl_error_set(TL_ETOOBIG, "tl_tx_on_commit: more than %d distinct hooks", TL__TX_HOOKS);
+  tx->on_commit[tx->n_on_commit++] = (tl__tx_hook){ fn, ctx };
+  return 0;
+}
+
+/* Run the hooks saved before the handle went away. */
+static void run_hooks(const tl__tx_hook *h, unsigned n)
+{
+  for (unsigned i = 0; i < n; i++) h[i].fn(h[i].ctx);
+}
+
 int tl_tx_commit(tl_tx *tx)
 {
   tl__db_class_clear();
   if (!tx || !tx->active) return tl_error_set(TL_EINVAL, "tl_tx_commit: no open transaction");
-  if (is_doc(tx)) return tx->db->be->tx_end(tx, true);
+  tl__tx_hook hooks[TL__TX_HOOKS];
+  unsigned nhooks = tx->n_on_commit;
+  memcpy(hooks, tx->on_commit, nhooks * sizeof *hooks);
+  if (is_doc(tx)) {
+    int rc = tx->db->be->tx_end(tx, true);
+    if (rc == 0) run_hooks(hooks, nhooks);
+    return rc;
+  }
   if (tx->failed) {
     tx_abort(tx);
     return tl_error_set(TL_ESTATE, "commit: the transaction was rolled back because "
@@ -137,6 +163,7 @@ int tl_tx_commit(tl_tx *tx)
     return tl_error_set(rc, "commit: %s", msg);
   }
   tx_release(tx);
+  run_hooks(hooks, nhooks);
   return 0;
 }
 

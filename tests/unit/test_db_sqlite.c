@@ -1,6 +1,7 @@
 /* The database contract suite on SQLite (no server needed), plus what is
  * particular to SQLite: busy mapping, in-memory databases, pragmas,
- * declared types of expressions, statement timeouts. */
+ * declared types of expressions, statement timeouts; and the on-commit
+ * hooks of transactions. */
 #include <fcntl.h>
 
 #include "db_contract.h"
@@ -334,6 +335,178 @@ static void pool_metrics(void **state)
   tl_db_close(db);
 }
 
+/* ---- on-commit hooks ----------------------------------------------------- */
+
+/* A hook that counts its runs and, on a one-connection pool that refuses
+ * to wait, checks the connection is already back and the writes durable. */
+typedef struct hook_probe {
+  tl_db *db;
+  int runs;
+  int exec_rc;     /* of a statement run from inside the hook */
+  int64_t rows;    /* rows of table "hooked" the hook saw */
+} hook_probe;
+
+static void hook_count(void *ctx)
+{
+  ((hook_probe *)ctx)->runs++;
+}
+
+static void hook_probe_db(void *ctx)
+{
+  hook_probe *h = ctx;
+  h->runs++;
+  tl_rows *r;
+  h->exec_rc = tl_db_query(h->db, &r, "SELECT COUNT(*) FROM hooked", TL_NOARGS);
+  if (h->exec_rc) return;
+  if (tl_rows_next(r) == 1) tl_rows_int(r, 0, &h->rows);
+  tl_rows_free(r);
+}
+
+/* One connection, and no waiting for it: TL_EBUSY if it is still held. */
+static tl_db *hook_db(void)
+{
+  tl_db *db;
+  tl_db_config cfg = { .url = url, .max_connections = 1, .acquire_timeout_us = -1 };
+  assert_int_equal(tl_db_connect(&db, &cfg), 0);
+  assert_int_equal(tl_db_exec(db, NULL, "CREATE TABLE IF NOT EXISTS hooked (id INTEGER)", TL_NOARGS), 0);
+  assert_int_equal(tl_db_exec(db, NULL, "DELETE FROM hooked", TL_NOARGS), 0);
+  return db;
+}
+
+/* The next transaction on the (only) connection inherits no hook. */
+static void next_tx_runs_no_hook(tl_db *db, const hook_probe *h)
+{
+  int runs = h->runs;
+  tl_tx *tx;
+  assert_int_equal(tl_db_begin(db, &tx), 0);
+  assert_int_equal(tl_tx_commit(tx), 0);
+  assert_int_equal(h->runs, runs);
+}
+
+static void on_commit_runs_once_after_commit(void **state)
+{
+  (void)state;
+  tl_db *db = hook_db();
+  hook_probe h = { .db = db, .exec_rc = -1 };
+  tl_tx *tx;
+  assert_int_equal(tl_db_begin(db, &tx), 0);
+  assert_int_equal(tl_tx_exec(tx, NULL, "INSERT INTO hooked VALUES (1)", TL_NOARGS), 0);
+  assert_int_equal(tl_tx_on_commit(tx, hook_probe_db, &h), 0);
+  assert_int_equal(tl_tx_exec(tx, NULL, "INSERT INTO hooked VALUES (2)", TL_NOARGS), 0);
+  assert_int_equal(h.runs, 0);
+  assert_int_equal(tl_tx_commit(tx), 0);
+  assert_int_equal(h.runs, 1);
+  /* The hook got the only connection without waiting, and saw both rows. */
+  assert_int_equal(h.exec_rc, 0);
+  assert_int_equal(h.rows, 2);
+  next_tx_runs_no_hook(db, &h);
+  tl_db_close(db);
+}
+
+static void on_commit_forgotten_without_commit(void **state)
+{
+  (void)state;
+  tl_db *db = hook_db();
+  hook_probe h = { 0 };
+  tl_tx *tx;
+  assert_int_equal(tl_db_begin(db, &tx), 0);
+  assert_int_equal(tl_tx_on_commit(tx, hook_count, &h), 0);
+  assert_int_equal(tl_tx_rollback(tx), 0);
+  assert_int_equal(h.runs, 0);
+  /* A commit refused because a statement failed is a rollback too. */
+  assert_int_equal(tl_db_begin(db, &tx), 0);
+  assert_int_equal(tl_tx_on_commit(tx, hook_count, &h), 0);
+  assert_int_not_equal(tl_tx_exec(tx, NULL, "INSERT INTO no_such_table VALUES (1)", TL_NOARGS), 0);
+  assert_int_equal(tl_tx_commit(tx), TL_ESTATE);
+  assert_int_equal(h.runs, 0);
+  next_tx_runs_no_hook(db, &h);
+  assert_int_equal(h.runs, 0);
+  tl_db_close(db);
+}
+
+static void on_commit_distinct_hooks(void **state)
+{
+  (void)state;
+  tl_db *db = hook_db();
+  hook_probe h[9] = { 0 };
+  tl_tx *tx;
+  assert_int_equal(tl_db_begin(db, &tx), 0);
+  /* The same function and context again count once. */
+  assert_int_equal(tl_tx_on_commit(tx, hook_count, &h[0]), 0);
+  assert_int_equal(tl_tx_on_commit(tx, hook_count, &h[0]), 0);
+  /* Another context is another hook: eight fit, the ninth does not. */
+  for (int i = 1; i < 8; i++) assert_int_equal(tl_tx_on_commit(tx, hook_count, &h[i]), 0);
+  assert_int_equal(tl_tx_on_commit(tx, hook_count, &h[8]), TL_ETOOBIG);
+  assert_non_null(strstr(tl_error_last(), "more than 8 distinct hooks"));
+  /* Full, a hook already registered is still accepted (it is no new one). */
+  assert_int_equal(tl_tx_on_commit(tx, hook_count, &h[3]), 0);
+  assert_int_equal(tl_tx_commit(tx), 0);
+  for (int i = 0; i < 8; i++) assert_int_equal(h[i].runs, 1);
+  assert_int_equal(h[8].runs, 0);
+  tl_db_close(db);
+}
+
+static void on_commit_bad_arguments(void **state)
+{
+  (void)state;
+  tl_db *db = hook_db();
+  hook_probe h = { 0 };
+  assert_int_equal(tl_tx_on_commit(NULL, hook_count, &h), TL_EINVAL);
+  assert_non_null(strstr(tl_error_last(), "no open transaction"));
+  tl_tx *tx;
+  assert_int_equal(tl_db_begin(db, &tx), 0);
+  assert_int_equal(tl_tx_on_commit(tx, NULL, &h), TL_EINVAL);
+  assert_non_null(strstr(tl_error_last(), "NULL function"));
+  assert_int_equal(tl_tx_commit(tx), 0);
+  assert_int_equal(h.runs, 0);
+  tl_db_close(db);
+}
+
+/* tl_db_transact: the first attempt registers a hook, then asks for a
+ * retry; the second registers another and commits. */
+typedef struct retried {
+  int attempts;
+  hook_probe first, second;
+} retried;
+
+static int register_then_retry_once(tl_tx *tx, void *ctx)
+{
+  retried *r = ctx;
+  hook_probe *h = r->attempts++ == 0 ? &r->first : &r->second;
+  int rc = tl_tx_exec(tx, NULL, "INSERT INTO hooked VALUES ($1)", TL_ARGS(tl_int(r->attempts)));
+  if (rc == 0) rc = tl_tx_on_commit(tx, hook_count, h);
+  if (rc) return rc;
+  return r->attempts == 1 ? TL_ERETRY : 0;
+}
+
+static void on_commit_in_transact_retry(void **state)
+{
+  (void)state;
+  tl_db *db = hook_db();
+  retried r = { 0 };
+  tl_tx_opts o = { .backoff = { .base_us = 1000, .cap_us = 2000 } };
+  assert_int_equal(tl_db_transact(db, register_then_retry_once, &r, &o), 0);
+  assert_int_equal(r.attempts, 2);
+  assert_int_equal(r.first.runs, 0);
+  assert_int_equal(r.second.runs, 1);
+  /* Only the second attempt's row was committed. */
+  tl_rows *rows;
+  assert_int_equal(tl_db_query(db, &rows, "SELECT id FROM hooked", TL_NOARGS), 0);
+  assert_int_equal(tl_rows_next(rows), 1);
+  int64_t id = 0;
+  assert_int_equal(tl_rows_int(rows, 0, &id), 0);
+  assert_int_equal(id, 2);
+  assert_int_equal(tl_rows_next(rows), 0);
+  tl_rows_free(rows);
+  /* Every attempt failing: no hook runs at all. */
+  retried never = { 0 };
+  o.max_attempts = 1;
+  assert_int_equal(tl_db_transact(db, register_then_retry_once, &never, &o), TL_ERETRY);
+  assert_int_equal(never.first.runs, 0);
+  assert_int_equal(tl_db_exec(db, NULL, "DROP TABLE hooked", TL_NOARGS), 0);
+  tl_db_close(db);
+}
+
 int main(void)
 {
   snprintf(path, sizeof path, "/tmp/trellis-test-db-%d.db", (int)getpid());
@@ -352,6 +525,11 @@ int main(void)
     cmocka_unit_test(pool_housekeeping),
     cmocka_unit_test(pool_fifo),
     cmocka_unit_test(pool_metrics),
+    cmocka_unit_test(on_commit_runs_once_after_commit),
+    cmocka_unit_test(on_commit_forgotten_without_commit),
+    cmocka_unit_test(on_commit_distinct_hooks),
+    cmocka_unit_test(on_commit_bad_arguments),
+    cmocka_unit_test(on_commit_in_transact_retry),
   };
   failed += cmocka_run_group_tests_name("db_sqlite", tests, NULL, NULL);
   remove_files();
