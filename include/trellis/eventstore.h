@@ -118,6 +118,27 @@ int tl_es_append_to(tl_es *es, const char *stream, int64_t expected,
 int tl_es_append_tx(tl_es *es, tl_tx *tx, const char *stream, int64_t expected,
                     tl_event *events, size_t n);
 
+/* One append of a batch (tl_es_append_batch_tx). */
+typedef struct tl_es_append_req {
+  const char *stream;
+  int64_t expected;  /* as tl_es_append_to's */
+  tl_event *events;  /* filled in as by tl_es_append_to */
+  size_t n;
+  int rc;            /* out: 0, TL_ECONFLICT (another version: nothing
+                        written), TL_ESTATE (deleted) or TL_EINVAL */
+  char error[256];   /* out: the message when rc is not 0 */
+} tl_es_append_req;
+
+/* Several appends, to any streams, inside the caller's transaction `tx`:
+ * on PostgreSQL one statement for all of them (a group commit's batch),
+ * elsewhere one after the other. Each request gets its own outcome in rc:
+ * a refused one (version, deleted stream, invalid) writes nothing and
+ * leaves `tx` usable, so the others can still commit. Two requests for
+ * one stream apply in order. Returns 0 when every request has its
+ * outcome, or a database error, after which `tx` accepts only rollback.
+ * Subscribers are woken when `tx` commits. */
+int tl_es_append_batch_tx(tl_es *es, tl_tx *tx, tl_es_append_req *reqs, size_t n);
+
 /* ---- reading a stream ------------------------------------------------- */
 
 /* Options for tl_es_read_stream(); zero fields take defaults. */

@@ -58,10 +58,7 @@ int tl__es_query_events(tl_es *es, tl_tx *tx, const char *sql, const tl_value *a
 /* After a commit of appended events: wake this process's subscriptions
  * and, on PostgreSQL, have every other process's woken too (wake.c). */
 void tl__es_notify(tl_es *es);
-/* Wake this process's subscriptions only. */
-void tl__es_wake_local(tl_es *es);
-/* Inside an appending transaction on PostgreSQL: wake other processes
- * when it commits. Elsewhere does nothing. */
+/* Inside an appending transaction: tl__es_notify() once it commits. */
 int tl__es_notify_tx(tl_es *es, tl_tx *tx);
 /* Send a pending notification and stop the notifier (tl_es_close). */
 void tl__es_wake_close(tl_es *es);

@@ -577,6 +577,234 @@ int tl_es_append(tl_es *es, tl_event *events, size_t n)
   return tl_es_append_to(es, stream, expected, events, n);
 }
 
+/* ---- batches ------------------------------------------------------------ */
+
+/* The PostgreSQL statement of a batch: every stream claimed and every
+ * event inserted at once, from arrays, so its text (and prepared plan)
+ * is the same for any batch. It takes requests that create a stream
+ * (expected TL_ES_NO_STREAM or 0: i) or expect nothing (TL_ES_ANY: a),
+ * and reads the streams table only through INSERT ... ON CONFLICT, an
+ * index probe by construction: a plan that joins the table (as an
+ * UPDATE ... FROM for exact versions would) is cached while the table is
+ * young and small and turns into a scan of every stream per batch as it
+ * grows. A stream that exists (i), or is deleted (a), is simply not in
+ * s: it gets no events, fails nothing, and goes one by one after. The
+ * events are inserted in the order of the arrays, as positions are taken
+ * in the order rows are inserted: a join's order would put a stream's
+ * version 2 before its version 1 in the global order. */
+static const char batch_sql[] =
+    "WITH v AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) "
+    "AS v (stream, n, expected)), "
+    "i AS (INSERT INTO trellis_es_streams (stream, version) SELECT v.stream, v.n FROM v "
+    "WHERE v.expected IN (-2, 0) ON CONFLICT (stream) DO NOTHING RETURNING stream, version), "
+    "a AS (INSERT INTO trellis_es_streams AS t (stream, version) SELECT v.stream, v.n FROM v "
+    "WHERE v.expected = -1 ON CONFLICT (stream) DO UPDATE SET version = t.version + "
+    "excluded.version WHERE t.deleted = 0 RETURNING stream, version), "
+    "s AS (SELECT stream, version FROM i UNION ALL SELECT stream, version FROM a), "
+    "e AS (INSERT INTO trellis_es_events (id, stream, category, type, version, data, metadata, "
+    "schema_version, created_us) SELECT x.id, x.stream, x.category, x.type, "
+    "s.version - v.n + x.k, x.data, x.metadata, x.sv, $4 FROM s JOIN v ON v.stream = s.stream "
+    "JOIN unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::json[], $10::json[], "
+    "$11::int[], $12::bigint[]) WITH ORDINALITY AS x (id, stream, category, type, data, metadata, "
+    "sv, k, ord) ON x.stream = s.stream ORDER BY x.ord RETURNING stream, version, position, tx) "
+    "SELECT stream, version, position, tx FROM e ORDER BY stream, version";
+
+enum { BATCH_ARRAYS = 11, BATCH_MAX_EVENTS = 1000 };
+
+/* A PostgreSQL array literal under construction: {"a","b",...}. */
+typedef struct pg_array {
+  char *buf;
+  size_t len, cap;
+} pg_array;
+
+static bool arr_reserve(pg_array *a, size_t more)
+{
+  if (a->len + more + 2 <= a->cap) return true;
+  size_t cap = a->cap ? a->cap : 256;
+  while (cap < a->len + more + 2) cap *= 2;
+  char *b = realloc(a->buf, cap);
+  if (!b) return false;
+  a->buf = b;
+  a->cap = cap;
+  return true;
+}
+
+/* Add an element: quoted text with " and \ escaped. */
+static bool arr_text(pg_array *a, const char *s)
+{
+  size_t n = strlen(s);
+  if (!arr_reserve(a, 2 * n + 4)) return false;
+  char sep = a->len == 0 ? '{' : ',';
+  a->buf[a->len++] = sep;
+  a->buf[a->len++] = '"';
+  for (; *s; s++) {
+    if (*s == '"' || *s == '\\') a->buf[a->len++] = '\\';
+    a->buf[a->len++] = *s;
+  }
+  a->buf[a->len++] = '"';
+  a->buf[a->len] = '\0';
+  return true;
+}
+
+static bool arr_int(pg_array *a, int64_t v)
+{
+  char num[24];
+  snprintf(num, sizeof num, "%lld", (long long)v);
+  return arr_text(a, num);
+}
+
+/* Close the literal ("{}" when empty). */
+static const char *arr_end(pg_array *a)
+{
+  if (!arr_reserve(a, 2)) return NULL;
+  if (a->len == 0) a->buf[a->len++] = '{';
+  a->buf[a->len++] = '}';
+  a->buf[a->len] = '\0';
+  return a->buf;
+}
+
+/* The request of stream `stream` among the statement's `k` requests. */
+static tl_es_append_req *req_of(tl_es_append_req **in, size_t k, const char *stream)
+{
+  for (size_t i = 0; i < k; i++)
+    if (strcmp(in[i]->stream, stream) == 0) return in[i];
+  return NULL;
+}
+
+/* Read the placed events of the batch statement (ordered by stream and
+ * version) into their requests; a placed request gets rc 0. */
+static int read_batch(tl_rows *r, tl_es_append_req **in, size_t k, int64_t now)
+{
+  tl_es_append_req *q = NULL;
+  int64_t old = 0;
+  int got;
+  while ((got = tl_rows_next(r)) == 1) {
+    const char *stream;
+    size_t sl;
+    int64_t v = 0;
+    tl_rows_text(r, 0, &stream, &sl);
+    tl_rows_int(r, 1, &v);
+    if (!q || strcmp(q->stream, stream) != 0) {
+      q = req_of(in, k, stream);
+      if (!q) continue;
+      q->rc = 0;
+      old = v - 1;
+    }
+    int64_t idx = v - old - 1;
+    if (idx < 0 || (size_t)idx >= q->n) continue;
+    append_job j = { .ev = q->events, .n = q->n };
+    fill(&j, (size_t)idx, old, now);
+    tl_rows_int(r, 2, &q->events[idx].position);
+    tl_rows_int(r, 3, &q->events[idx].tx);
+  }
+  tl_rows_free(r);
+  return got < 0 ? got : 0;
+}
+
+/* PostgreSQL: place the `k` requests `in` (distinct streams, up to
+ * ROWS_PER_INSERT events each) with one statement. Those it could not
+ * place keep rc TL_ECONFLICT. */
+static int batch_statement(tl_es *es, tl_tx *tx, tl_es_append_req **in, size_t k)
+{
+  pg_array a[BATCH_ARRAYS] = { 0 };
+  bool ok = true;
+  int64_t now = tl_time_now_us();
+  for (size_t i = 0; i < k && ok; i++) {
+    tl_es_append_req *q = in[i];
+    char category[TL_ES_NAME_MAX + 1];
+    tl__es_category(q->stream, category, sizeof category);
+    ok = arr_text(&a[0], q->stream) && arr_int(&a[1], (int64_t)q->n) &&
+         arr_int(&a[2], q->expected);
+    for (size_t e = 0; e < q->n && ok; e++) {
+      tl_event *ev = &q->events[e];
+      ok = arr_text(&a[3], ev->id) && arr_text(&a[4], q->stream) && arr_text(&a[5], category) &&
+           arr_text(&a[6], ev->event_type) && arr_text(&a[7], ev->data) &&
+           arr_text(&a[8], ev->metadata ? ev->metadata : "{}") &&
+           arr_int(&a[9], ev->schema_version > 0 ? ev->schema_version : 1) &&
+           arr_int(&a[10], (int64_t)e + 1);
+    }
+  }
+  const char *lit[BATCH_ARRAYS];
+  for (int i = 0; i < BATCH_ARRAYS && ok; i++) ok = (lit[i] = arr_end(&a[i])) != NULL;
+  int rc = ok ? 0 : tl_error_set(TL_ENOMEM, "append batch: out of memory");
+  if (rc == 0) {
+    tl_rows *r;
+    rc = tl_tx_query(tx, &r, batch_sql,
+                     TL_ARGS(tl_text(lit[0]), tl_text(lit[1]), tl_text(lit[2]), tl_int(now),
+                             tl_text(lit[3]), tl_text(lit[4]), tl_text(lit[5]), tl_text(lit[6]),
+                             tl_text(lit[7]), tl_text(lit[8]), tl_text(lit[9]), tl_text(lit[10])));
+    if (rc == 0) rc = read_batch(r, in, k, now);
+  }
+  for (int i = 0; i < BATCH_ARRAYS; i++) free(a[i].buf);
+  return rc;
+}
+
+/* One request on its own in `tx`: its rc when the store refused it (a
+ * version mismatch, a deleted stream: `tx` stays usable), else the
+ * error that fails the batch. */
+static int append_one(tl_es *es, tl_tx *tx, tl_es_append_req *q)
+{
+  append_job j = { .es = es, .stream = q->stream, .expected = q->expected, .ev = q->events,
+                   .n = q->n };
+  int rc = append_in(tx, &j);
+  q->rc = rc;
+  if (rc == 0) return 0;
+  snprintf(q->error, sizeof q->error, "%s", tl_error_last());
+  bool refused = (rc == TL_ECONFLICT && j.mismatch) ||
+                 (rc == TL_ESTATE && tl_db_error_last_class() == TL_DB_ERR_NONE);
+  return refused ? 0 : rc;
+}
+
+int tl_es_append_batch_tx(tl_es *es, tl_tx *tx, tl_es_append_req *reqs, size_t n)
+{
+  if (!es || !tx || (!reqs && n))
+    return tl_error_set(TL_EINVAL, "append batch: no event store, transaction or requests");
+  tl_es_append_req **in = malloc((n ? n : 1) * sizeof *in);
+  if (!in) return tl_error_set(TL_ENOMEM, "append batch: out of memory");
+  /* Valid requests the statement can take: new streams or any version,
+   * distinct streams, bounded, and none after a request for its stream
+   * that is left to go one by one (that one must stay first). Those left
+   * are kept at the end of `in`. */
+  size_t k = 0, left = 0, events = 0;
+  for (size_t i = 0; i < n; i++) {
+    tl_es_append_req *q = &reqs[i];
+    q->error[0] = '\0';
+    if ((q->rc = validate(q->stream, q->expected, q->events, q->n)) != 0) {
+      snprintf(q->error, sizeof q->error, "%s", tl_error_last());
+      continue;
+    }
+    q->rc = TL_ECONFLICT; /* until placed */
+    if (es->dialect != TL_DB_POSTGRES) continue;
+    bool claimable = q->expected == TL_ES_NO_STREAM || q->expected == 0 ||
+                     q->expected == TL_ES_ANY;
+    if (claimable && q->n <= ROWS_PER_INSERT && events + q->n <= BATCH_MAX_EVENTS &&
+        !req_of(in, k, q->stream) && !req_of(in + n - left, left, q->stream)) {
+      in[k++] = q;
+      events += q->n;
+    } else {
+      in[n - ++left] = q;
+    }
+  }
+  int rc = k > 1 ? batch_statement(es, tx, in, k) : 0;
+  /* The rest, and what the statement did not place, one by one (in
+   * order, so a second append to a stream follows the first). */
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    tl_es_append_req *q = &reqs[i];
+    if (q->rc == TL_ECONFLICT && !q->error[0]) rc = append_one(es, tx, q);
+  }
+  free(in);
+  if (rc) return rc;
+  size_t placed = 0, refused = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (reqs[i].rc == 0) placed += reqs[i].n;
+    else if (reqs[i].rc == TL_ECONFLICT) refused++;
+  }
+  if (placed) rc = tl__es_notify_tx(es, tx);
+  if (placed) tl_series_add(es->m_appended, (double)placed);
+  if (refused) tl_series_add(es->m_conflicts, (double)refused);
+  return rc;
+}
+
 int tl_es_append_tx(tl_es *es, tl_tx *tx, const char *stream, int64_t expected,
                     tl_event *events, size_t n)
 {
@@ -588,7 +816,6 @@ int tl_es_append_tx(tl_es *es, tl_tx *tx, const char *stream, int64_t expected,
   if (rc == 0) rc = tl__es_notify_tx(es, tx);
   if (rc == 0) {
     tl_series_add(es->m_appended, (double)n);
-    tl__es_wake_local(es); /* early: a subscriber polls again and finds it on commit */
   } else if (rc == TL_ECONFLICT) {
     tl_series_inc(es->m_conflicts);
   }

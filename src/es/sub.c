@@ -292,6 +292,10 @@ static void *sub_main(void *arg)
   tl_es_sub *s = arg;
   tl_es *es = s->es;
   int64_t idle = s->o.poll_min_us;
+  /* After a wake that found nothing (on PostgreSQL the commit can still be
+   * above the horizon of an older transaction), the next looks come
+   * quickly: 1 ms, doubling up to poll_min. */
+  int64_t recheck = 0;
   bool have_cp = false;
   tl_es_checkpoint cp = { 0, 0 };
   for (;;) {
@@ -349,10 +353,15 @@ static void *sub_main(void *arg)
       if (rc == 0 && s->beyond == 0) lag_zero(s);
       delay = rc ? s->o.retry_us : 0;
       idle = s->o.poll_min_us;
+      recheck = 0;
+    } else if (rc == 0 && recheck > 0 && recheck < idle) {
+      delay = recheck;
+      recheck *= 2;
     } else if (rc == 0) {
       lag_zero(s);
       delay = idle;
       idle = idle * 2 > s->o.poll_max_us ? s->o.poll_max_us : idle * 2;
+      recheck = 0;
     } else {
       delay = s->o.retry_us;
     }
@@ -364,10 +373,13 @@ static void *sub_main(void *arg)
     if (delay > 0) {
       int w = wait_for(s, delay, seq);
       if (w < 0) break;
-      /* Something committed. On PostgreSQL it may still be below the
+      /* Something committed. On PostgreSQL it may still be beyond the
        * horizon (an older transaction is running): look again soon
-       * rather than after a long idle backoff. */
-      if (w > 0) idle = s->o.poll_min_us;
+       * rather than after a long idle backoff (recheck). */
+      if (w > 0) {
+        idle = s->o.poll_min_us;
+        recheck = 1000;
+      }
     }
   }
   lag_zero(s);

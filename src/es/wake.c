@@ -20,14 +20,6 @@
 #define CHANNEL "trellis_es"
 #define NOTIFY_GAP_US 1000
 
-void tl__es_wake_local(tl_es *es)
-{
-  pthread_mutex_lock(&es->mu);
-  es->append_seq++;
-  pthread_cond_broadcast(&es->appended);
-  pthread_mutex_unlock(&es->mu);
-}
-
 static void *notifier_main(void *arg)
 {
   tl_es *es = arg;
@@ -72,10 +64,14 @@ void tl__es_notify(tl_es *es)
   if (send_now) tl_db_notify(es->db, CHANNEL, "");
 }
 
+static void notify_hook(void *es)
+{
+  tl__es_notify(es);
+}
+
 int tl__es_notify_tx(tl_es *es, tl_tx *tx)
 {
-  if (es->dialect != TL_DB_POSTGRES) return 0;
-  return tl_tx_exec(tx, NULL, "SELECT pg_notify('" CHANNEL "', '')", TL_NOARGS);
+  return tl_tx_on_commit(tx, notify_hook, es);
 }
 
 void tl__es_wake_close(tl_es *es)

@@ -1,10 +1,12 @@
 /* The event store contract suite on PostgreSQL, including the no-skip
  * test (16 writers holding transactions open, some rolling back, one
  * subscriber that must see every committed event once, in order), and
- * the wake-up of subscribers by commits in other processes. */
+ * the wake-up of subscribers by commits in other processes; and appends
+ * inside the caller's transaction (batches of one statement, waking on
+ * commit). */
 #include <stdatomic.h>
 
-#include "es_contract.h"
+#include "es_batch_contract.h"
 #include "support.h"
 
 static char url[1024];
@@ -68,6 +70,7 @@ int main(void)
 {
   tl_test_service_url("TRELLIS_TEST_POSTGRES_URL", "postgres", url, sizeof url);
   int failed = esc_run(url, "es_contract_postgres");
+  failed += esb_run(url, "es_batch_postgres");
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(commits_elsewhere_wake_subscribers),
   };

@@ -1,5 +1,6 @@
-/* The event store contract suite on SQLite (WAL, one file per run). */
-#include "es_contract.h"
+/* The event store contract suite on SQLite (WAL, one file per run), and
+ * appends inside the caller's transaction (batches, waking on commit). */
+#include "es_batch_contract.h"
 
 static char path[256], url[300];
 
@@ -19,6 +20,7 @@ int main(void)
   snprintf(url, sizeof url, "sqlite://%s", path);
   remove_files();
   int failed = esc_run(url, "es_contract_sqlite");
+  failed += esb_run(url, "es_batch_sqlite");
   remove_files();
   return failed ? 1 : 0;
 }
