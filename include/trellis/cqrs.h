@@ -80,7 +80,8 @@ typedef int (*tl_cqrs_middleware)(tl_cqrs_call *call, tl_cqrs_next *next, void *
  * timing: fills call->elapsed_us, logs calls slower than 1 s as warnings;
  * idempotency: with a key, the first successful result for (name, key) is
  *   stored in the database and returned to every later call with the same
- *   key (TL_ECONFLICT if the payload differs). */
+ *   key (TL_ECONFLICT if the payload differs); a call while the first
+ *   still runs waits for its result (TL_EBUSY after 10 s). */
 int tl_cqrs_mw_validate(tl_cqrs_call *call, tl_cqrs_next *next, void *ctx);
 int tl_cqrs_mw_logging(tl_cqrs_call *call, tl_cqrs_next *next, void *ctx);
 int tl_cqrs_mw_metrics(tl_cqrs_call *call, tl_cqrs_next *next, void *ctx);
@@ -182,6 +183,39 @@ int tl_aggregate_execute(tl_es *es, const tl_aggregate_def *def, const char *str
                          const json_t *command, tl_aggregate_decide decide, void *ctx,
                          int64_t *version);
 
+/* Group commit: concurrent tl_aggregate_execute_opts() calls that name
+ * the same group append their decisions in one shared transaction (on
+ * PostgreSQL one statement for all of their events), and so share its
+ * commit. A caller waits for its batch; while a batch runs the next
+ * ones gather. The result of each call is its own: a decision that
+ * conflicts goes back to its decide loop, an in_tx that fails takes only
+ * its own decision out (the others are committed without it). Use one
+ * group per event store, from any threads. */
+typedef struct tl_aggregate_group tl_aggregate_group;
+
+typedef struct tl_aggregate_group_config {
+  size_t max_batch;      /* decisions per transaction [64] */
+  unsigned max_inflight; /* transactions at once (each holds a pool
+                            connection) [4] */
+  tl_metrics *metrics;   /* trellis_cqrs_group_commit_batch_size [default] */
+} tl_aggregate_group_config;
+
+/* `cfg` may be NULL. Returns 0, TL_EINVAL or TL_ENOMEM. */
+int tl_aggregate_group_new(tl_es *es, const tl_aggregate_group_config *cfg,
+                           tl_aggregate_group **out);
+/* After every call that uses it has returned. NULL-safe. */
+void tl_aggregate_group_free(tl_aggregate_group *g);
+
+/* One decision of a batch, for in_tx_batch. */
+typedef struct tl_aggregate_tx_item {
+  const char *stream;
+  const json_t *state;     /* before the events */
+  const tl_event *events;  /* appended: version, position and id filled */
+  size_t n;
+  int rc;                  /* set: take this decision out of the batch */
+  char error[256];         /* with rc: its message */
+} tl_aggregate_tx_item;
+
 /* Options of tl_aggregate_execute_opts(); zero fields take the defaults. */
 typedef struct tl_aggregate_exec_opts {
   /* The version the caller saw (an HTTP If-Match): when the loaded
@@ -208,8 +242,19 @@ typedef struct tl_aggregate_exec_opts {
    * append runs alone, one round trip where the store allows] */
   int (*in_tx)(tl_tx *tx, const json_t *state, const tl_event *events, size_t n, void *ctx);
   void *in_tx_ctx;
+  /* With a group: in_tx for every decision of a batch that names the same
+   * in_tx_batch and in_tx_ctx, in one call (one statement for all where
+   * it can). Set an item's rc (and error) to take that decision out: the
+   * batch runs again without it, and the call returns that rc (TL_ECONFLICT
+   * becoming TL_ECONSTRAINT, as for in_tx). Return non-zero only for a
+   * failure of the whole batch; each decision then runs alone with in_tx,
+   * which is required with this. [NULL: in_tx per decision] */
+  int (*in_tx_batch)(tl_tx *tx, tl_aggregate_tx_item *items, size_t n, void *ctx);
   /* When set, receives the state after the new events (json_decref). */
   json_t **state_out;
+  /* Append in this group's shared transactions (group commit) instead
+   * of one of the call's own. [NULL] */
+  tl_aggregate_group *group;
 } tl_aggregate_exec_opts;
 
 /* tl_aggregate_execute with options (NULL: as tl_aggregate_execute). */

@@ -5,9 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <trellis/cqrs.h>
 #include <trellis/error.h>
 #include <trellis/log.h>
+
+#include "cqrs/cqrs_int.h"
 
 struct tl_aggregate_emit {
   tl_event *ev;
@@ -129,7 +130,8 @@ static int append_fn(tl_tx *tx, void *ctx)
   return rc;
 }
 
-/* Append the decision's events expecting `v`, alone or with in_tx. */
+/* Append the decision's events expecting `v`: in the group's shared
+ * transaction, else alone or with in_tx in one of its own. */
 static int append(tl_es *es, const char *stream, int64_t v, tl_aggregate_emit *em,
                   const json_t *state, const tl_aggregate_exec_opts *o)
 {
@@ -139,13 +141,23 @@ static int append(tl_es *es, const char *stream, int64_t v, tl_aggregate_emit *e
   for (size_t i = 0; i < em->n; i++)
     em->ev[i] = (tl_event){ .aggregate_id = stream, .event_type = em->types[i],
                             .data = em->texts[i], .metadata = o->metadata };
-  if (!o->in_tx) return tl_es_append_to(es, stream, v, em->ev, em->n);
-  append_job j = { es, stream, v, em, state, o, false };
-  /* One attempt: a version conflict goes back to the decide loop, and
-   * in_tx's own errors are the caller's to judge. */
-  tl_tx_opts topts = { .max_attempts = 1 };
-  int rc = tl_db_transact(tl_es_db(es), append_fn, &j, &topts);
-  if (rc == TL_ECONFLICT && j.in_tx_failed) {
+  int rc;
+  bool in_tx_failed = false;
+  tl__group_item it = { .req = { .stream = stream, .expected = v, .events = em->ev, .n = em->n },
+                        .state = state, .o = o };
+  if (o->group && ((rc = tl__group_append(o->group, &it)) == 0 || !it.alone)) {
+    in_tx_failed = it.in_tx_failed;
+  } else if (!o->in_tx) {
+    return tl_es_append_to(es, stream, v, em->ev, em->n);
+  } else {
+    append_job j = { es, stream, v, em, state, o, false };
+    /* One attempt: a version conflict goes back to the decide loop, and
+     * in_tx's own errors are the caller's to judge. */
+    tl_tx_opts topts = { .max_attempts = 1 };
+    rc = tl_db_transact(tl_es_db(es), append_fn, &j, &topts);
+    in_tx_failed = j.in_tx_failed;
+  }
+  if (rc == TL_ECONFLICT && in_tx_failed) {
     char msg[512];
     snprintf(msg, sizeof msg, "%s", tl_error_last());
     rc = tl_error_set(TL_ECONSTRAINT, "%s", msg);
@@ -181,6 +193,9 @@ int tl_aggregate_execute_opts(tl_es *es, const tl_aggregate_def *def, const char
     return tl_error_set(TL_EINVAL, "aggregate execute: missing argument");
   static const tl_aggregate_exec_opts none = { 0 };
   const tl_aggregate_exec_opts *o = opts ? opts : &none;
+  if (o->in_tx_batch && !o->in_tx)
+    return tl_error_set(TL_EINVAL, "aggregate execute: in_tx_batch needs in_tx too (a decision "
+                        "that cannot share a batch runs alone with it)");
   if (o->state_out) *o->state_out = NULL;
   unsigned attempts = o->has_expected || o->new_stream ? 1
                       : def->max_attempts ? def->max_attempts : 3;

@@ -283,12 +283,20 @@ static void payload_hash(const json_t *payload, char out[17])
   snprintf(out, 17, "%016llx", (unsigned long long)h);
 }
 
-/* 1 found (result set), 0 not found, <0 error. */
-static int stored_result(tl__bus *b, tl_cqrs_call *call, const char *hash)
+/* A key's row: FOUND with call->result set, PENDING (claimed by a call
+ * still running; `*claimed_us` its claim time), ABSENT, or <0. */
+enum { ABSENT = 0, FOUND = 1, PENDING = 2 };
+
+/* A claim older than this belongs to a call that died: take it over. */
+#define CLAIM_STALE_US (30 * 1000000LL)
+/* How long a repeat waits for the first call to finish. */
+#define CLAIM_WAIT_US (10 * 1000000LL)
+
+static int stored_result(tl__bus *b, tl_cqrs_call *call, const char *hash, int64_t *claimed_us)
 {
   tl_rows *r;
-  int rc = tl_db_query(b->db, &r, "SELECT payload_hash, result FROM trellis_cqrs_idempotency "
-                       "WHERE name = $1 AND ikey = $2",
+  int rc = tl_db_query(b->db, &r, "SELECT payload_hash, result, created_us FROM "
+                       "trellis_cqrs_idempotency WHERE name = $1 AND ikey = $2",
                        TL_ARGS(tl_text(call->name), tl_text(call->idempotency_key)));
   if (rc) return rc;
   rc = tl_rows_next(r);
@@ -301,13 +309,44 @@ static int stored_result(tl__bus *b, tl_cqrs_call *call, const char *hash)
       return tl_error_set(TL_ECONFLICT, "%s '%s': idempotency key '%s' was used with another payload",
                           call->kind, call->name, call->idempotency_key);
     }
-    json_decref(call->result);
-    call->result = NULL;
-    if (tl_rows_text(r, 1, &res, &rl) == 0)
-      call->result = json_loadb(res, rl, JSON_DECODE_ANY, NULL);
+    if (tl_rows_is_null(r, 1)) {
+      tl_rows_int(r, 2, claimed_us);
+      rc = PENDING;
+    } else {
+      json_decref(call->result);
+      call->result = NULL;
+      if (tl_rows_text(r, 1, &res, &rl) == 0)
+        call->result = json_loadb(res, rl, JSON_DECODE_ANY, NULL);
+      if (json_is_null(call->result)) { /* stored for a call without a result */
+        json_decref(call->result);
+        call->result = NULL;
+      }
+    }
   }
   tl_rows_free(r);
   return rc;
+}
+
+/* Claim the key for this call: insert a row without a result, or take
+ * over a stale claim. 1 claimed, 0 someone else holds it, <0 error. */
+static int claim(tl__bus *b, tl_cqrs_call *call, const char *hash, int64_t stale_claim,
+                 int64_t *mine)
+{
+  int64_t affected = 0;
+  *mine = tl_time_now_us();
+  int rc;
+  if (stale_claim)
+    rc = tl_db_exec(b->db, &affected, "UPDATE trellis_cqrs_idempotency SET created_us = $1 "
+                    "WHERE name = $2 AND ikey = $3 AND result IS NULL AND created_us = $4",
+                    TL_ARGS(tl_int(*mine), tl_text(call->name), tl_text(call->idempotency_key),
+                            tl_int(stale_claim)));
+  else
+    rc = tl_db_exec(b->db, &affected, "INSERT INTO trellis_cqrs_idempotency (name, ikey, "
+                    "payload_hash, result, created_us) VALUES ($1, $2, $3, NULL, $4)",
+                    TL_ARGS(tl_text(call->name), tl_text(call->idempotency_key), tl_text(hash),
+                            tl_int(*mine)));
+  if (rc == TL_ECONFLICT) return 0;
+  return rc ? rc : affected == 1;
 }
 
 int tl_cqrs_mw_idempotency(tl_cqrs_call *call, tl_cqrs_next *next, void *ctx)
@@ -322,23 +361,48 @@ int tl_cqrs_mw_idempotency(tl_cqrs_call *call, tl_cqrs_next *next, void *ctx)
     return tl_error_set(TL_EINVAL, "idempotency key longer than 200 bytes");
   char hash[17];
   payload_hash(call->payload, hash);
-  int rc = stored_result(b, call, hash);
-  if (rc) return rc < 0 ? rc : 0;
-  rc = tl_cqrs_next_run(next, call);
-  if (rc) return rc; /* failures are not remembered: a retry may succeed */
-  char *res = call->result ? json_dumps(call->result, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-  int src = tl_db_exec(b->db, NULL, "INSERT INTO trellis_cqrs_idempotency (name, ikey, payload_hash, "
-                       "result, created_us) VALUES ($1, $2, $3, $4, $5)",
-                       TL_ARGS(tl_text(call->name), tl_text(call->idempotency_key), tl_text(hash),
-                               tl_text(res), tl_int(tl_time_now_us())));
-  free(res);
-  if (src == TL_ECONFLICT) {
-    /* Ran concurrently with the same key: the first stored result wins. */
-    src = stored_result(b, call, hash);
-    return src < 0 ? src : 0;
+  /* Find the first call's result, or claim the key, or wait while the
+   * first call runs (a client retrying before its first try answered). */
+  int64_t deadline = tl_time_mono_us() + CLAIM_WAIT_US, mine = 0, wait = 2000;
+  for (;;) {
+    int64_t claimed_us = 0;
+    int rc = stored_result(b, call, hash, &claimed_us);
+    if (rc < 0) return rc;
+    if (rc == FOUND) return 0;
+    int64_t stale = rc == PENDING && tl_time_now_us() - claimed_us > CLAIM_STALE_US ? claimed_us : 0;
+    if (rc == ABSENT || stale) {
+      rc = claim(b, call, hash, stale, &mine);
+      if (rc < 0) return rc;
+      if (rc == 1) break;
+      continue; /* another call claimed it first: look again */
+    }
+    if (tl_time_mono_us() >= deadline)
+      return tl_error_set(TL_EBUSY, "%s '%s': a call with idempotency key '%s' is still running",
+                          call->kind, call->name, call->idempotency_key);
+    tl_sleep_us(wait);
+    wait = wait * 2 > 100000 ? 100000 : wait * 2;
   }
+  int rc = tl_cqrs_next_run(next, call);
+  if (rc) {
+    /* Failures are not remembered: a retry may succeed. */
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", tl_error_last());
+    if (tl_db_exec(b->db, NULL, "DELETE FROM trellis_cqrs_idempotency WHERE name = $1 AND "
+                   "ikey = $2 AND result IS NULL AND created_us = $3",
+                   TL_ARGS(tl_text(call->name), tl_text(call->idempotency_key), tl_int(mine))) != 0)
+      tl_log(TL_LOG_WARN, "idempotency key claim not released; it expires",
+             TL_F_STR("name", call->name), TL_F_STR("error", tl_error_last()));
+    return tl_error_set(rc, "%s", msg);
+  }
+  char *res = call->result ? json_dumps(call->result, JSON_COMPACT | JSON_ENCODE_ANY)
+                           : strdup("null");
+  int src = tl_db_exec(b->db, NULL, "UPDATE trellis_cqrs_idempotency SET result = $1 WHERE "
+                       "name = $2 AND ikey = $3 AND created_us = $4",
+                       TL_ARGS(tl_text(res), tl_text(call->name), tl_text(call->idempotency_key),
+                               tl_int(mine)));
+  free(res);
   if (src)
-    tl_log(TL_LOG_WARN, "idempotency key not stored", TL_F_STR("name", call->name),
+    tl_log(TL_LOG_WARN, "idempotency key result not stored", TL_F_STR("name", call->name),
            TL_F_STR("error", tl_error_last()));
   return 0;
 }

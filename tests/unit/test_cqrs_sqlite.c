@@ -1,7 +1,8 @@
 /* CQRS on SQLite: buses with middleware and idempotency keys, the
- * aggregate helper (snapshots, retry on conflict) and the seed's user
- * example end to end: CreateUser command -> UserCreated event ->
- * projection -> GetUser query. */
+ * aggregate helper (snapshots, retry on conflict), the seed's user
+ * example end to end (CreateUser command -> UserCreated event ->
+ * projection -> GetUser query) and the group commit scenarios of
+ * cqrs_group_contract.h. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,11 +12,14 @@
 #include <string.h>
 #include <unistd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <cmocka.h>
 
 #include <trellis/trellis.h>
 #include <trellis/cqrs.h>
 #include <trellis/eventstore.h>
+
+#include "cqrs_group_contract.h"
 
 static char path[256], url[300];
 static tl_db *db;
@@ -182,6 +186,107 @@ static void command_bus(void **state)
   assert_non_null(strstr(text, "trellis_cqrs_calls_total{bus=\"command\",name=\"CreateUser\",outcome=\"ok\"} 1"));
   tl_free(text);
   tl_command_bus_free(cb2);
+  tl_command_bus_free(cb);
+}
+
+/* ---- idempotency keys under concurrency ---------------------------------- */
+
+/* A slow command: counts its runs, fails when told to. */
+static atomic_int slow_runs;
+static int slow_cmd(const json_t *p, json_t **result, void *ctx)
+{
+  (void)ctx;
+  int n = atomic_fetch_add(&slow_runs, 1) + 1;
+  tl_sleep_us(100000);
+  if (json_is_true(json_object_get(p, "fail"))) return tl_error_set(TL_ECONSTRAINT, "told to fail");
+  *result = json_pack("{s:i}", "run", n);
+  return 0;
+}
+
+typedef struct idem_try {
+  tl_command_bus *cb;
+  const char *key, *payload;
+  int rc;
+  char *result;
+} idem_try;
+
+static void *idem_main(void *arg)
+{
+  idem_try *t = arg;
+  tl_cqrs_exec_opts o = { .idempotency_key = t->key };
+  t->rc = tl_command_bus_execute_opts(t->cb, "Slow", t->payload, &o, &t->result);
+  return NULL;
+}
+
+/* Run `n` tries of Slow with one key at once. */
+static void idem_race(tl_command_bus *cb, const char *key, const char *payload, idem_try *t,
+                      size_t n)
+{
+  pthread_t th[8];
+  for (size_t i = 0; i < n; i++) {
+    t[i] = (idem_try){ cb, key, payload, -1, NULL };
+    assert_int_equal(pthread_create(&th[i], NULL, idem_main, &t[i]), 0);
+  }
+  for (size_t i = 0; i < n; i++) pthread_join(th[i], NULL);
+}
+
+static void idempotency_concurrent(void **state)
+{
+  (void)state;
+  tl_command_bus *cb;
+  ok(tl_command_bus_new(&cb, &(tl_cqrs_config){ .db = db }), "new");
+  ok(tl_command_bus_use(cb, tl_cqrs_mw_idempotency, NULL), "use");
+  ok(tl_command_bus_register(cb, "Slow", slow_cmd, NULL), "register");
+  /* Tries that arrive while the first runs wait for its result: the
+   * handler runs once and every try answers its result. */
+  idem_try t[8];
+  atomic_store(&slow_runs, 0);
+  idem_race(cb, "race-1", "{\"x\":1}", t, 8);
+  assert_int_equal(atomic_load(&slow_runs), 1);
+  for (int i = 0; i < 8; i++) {
+    if (t[i].rc) fail_msg("try %d: %s", i, tl_status_name(t[i].rc));
+    assert_string_equal(t[i].result, "{\"run\":1}");
+    tl_free(t[i].result);
+  }
+  /* A failure is not remembered: the claim is released and the next try
+   * runs the handler again. */
+  atomic_store(&slow_runs, 0);
+  char *result = NULL;
+  tl_cqrs_exec_opts o = { .idempotency_key = "fail-1" };
+  assert_int_equal(tl_command_bus_execute_opts(cb, "Slow", "{\"fail\":true}", &o, &result),
+                   TL_ECONSTRAINT);
+  assert_non_null(strstr(tl_error_last(), "told to fail"));
+  assert_int_equal(tl_command_bus_execute_opts(cb, "Slow", "{\"fail\":true}", &o, &result),
+                   TL_ECONSTRAINT);
+  assert_int_equal(atomic_load(&slow_runs), 2);
+  /* A claim left by a call that died (no result, older than 30 s) is
+   * taken over; a fresh one is waited for and its result returned. */
+  int64_t now = tl_time_now_us();
+  ok(tl_db_exec(db, NULL, "INSERT INTO trellis_cqrs_idempotency (name, ikey, payload_hash, "
+                "result, created_us) SELECT 'Slow', 'stale-1', payload_hash, NULL, $1 FROM "
+                "trellis_cqrs_idempotency WHERE name = 'Slow' AND ikey = 'race-1'",
+                TL_ARGS(tl_int(now - 31000000))), "stale claim");
+  atomic_store(&slow_runs, 0);
+  o.idempotency_key = "stale-1";
+  ok(tl_command_bus_execute_opts(cb, "Slow", "{\"x\":1}", &o, &result), "take over");
+  assert_string_equal(result, "{\"run\":1}");
+  tl_free(result);
+  ok(tl_db_exec(db, NULL, "INSERT INTO trellis_cqrs_idempotency (name, ikey, payload_hash, "
+                "result, created_us) SELECT 'Slow', 'fresh-1', payload_hash, NULL, $1 FROM "
+                "trellis_cqrs_idempotency WHERE name = 'Slow' AND ikey = 'race-1'",
+                TL_ARGS(tl_int(now))), "fresh claim");
+  /* Its owner stores a result 300 ms later, from another thread. */
+  idem_try waiter = { cb, "fresh-1", "{\"x\":1}", -1, NULL };
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, idem_main, &waiter), 0);
+  tl_sleep_us(300000);
+  ok(tl_db_exec(db, NULL, "UPDATE trellis_cqrs_idempotency SET result = '{\"run\":42}' "
+                "WHERE name = 'Slow' AND ikey = 'fresh-1'", TL_NOARGS), "owner stores");
+  pthread_join(th, NULL);
+  ok(waiter.rc, "waiter");
+  assert_string_equal(waiter.result, "{\"run\":42}");
+  tl_free(waiter.result);
+  assert_int_equal(atomic_load(&slow_runs), 1);
   tl_command_bus_free(cb);
 }
 
@@ -418,11 +523,13 @@ int main(void)
   }
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(command_bus),
+    cmocka_unit_test(idempotency_concurrent),
     cmocka_unit_test(aggregate_retry_and_snapshots),
     cmocka_unit_test(aggregate_options),
     cmocka_unit_test(seed_user_example),
   };
   int failed = cmocka_run_group_tests_name("cqrs_sqlite", tests, NULL, NULL);
+  failed += cg_run(db, es, "cqrs_group_sqlite");
   tl_es_close(es);
   tl_db_close(db);
   remove_files();
