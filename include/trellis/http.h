@@ -23,7 +23,10 @@ typedef struct tl_http_res tl_http_res; /* lives for one handler call */
 typedef struct tl_http_config {
   const char *bind;             /* "127.0.0.1", "0.0.0.0" (default), "::" */
   uint16_t port;                /* 8080; 0 picks a free port */
-  unsigned threads;             /* worker threads; default 2 x cores */
+  unsigned threads;             /* threads that parse requests and run the
+                                   handlers of tl_http_route; default 2 x cores */
+  unsigned workers;             /* threads that run the handlers of
+                                   tl_http_route_blocking; default 64 */
   size_t max_body;              /* 1 MiB; larger bodies get 413 */
   int64_t shutdown_timeout_us;  /* in-flight drain deadline, 25 s */
   unsigned connection_timeout_s;/* idle keep-alive connections, 30 s */
@@ -51,6 +54,16 @@ int tl_http_server_new(tl_http_server **out, const tl_http_config *cfg);
  * served by GET routes). Returns 0 or TL_EINVAL (bad pattern, duplicate). */
 int tl_http_route(tl_http_server *srv, const char *method, const char *pattern,
                   tl_http_handler handler, void *ctx);
+
+/* The same for a handler that waits most of its time (a database commit,
+ * a call to another service): it runs on one of the `workers` threads
+ * while its connection is set aside, so the `threads` keep parsing and
+ * serving the quick routes, and up to `workers` such requests wait at
+ * once (many concurrent writes are what lets them share commits). Costs
+ * two thread switches per request: keep quick handlers on
+ * tl_http_route. */
+int tl_http_route_blocking(tl_http_server *srv, const char *method, const char *pattern,
+                           tl_http_handler handler, void *ctx);
 
 /* A readiness check: return 0 when ready, else a negative status, and
  * optionally write a short reason into `detail` (size `n`); a ready check

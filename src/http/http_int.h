@@ -53,6 +53,7 @@ typedef struct tl__route {
   unsigned nparams;
   char *param_names[TL__HTTP_MAX_PARAMS]; /* in path order */
   bool quiet;         /* probe route: access log at debug level */
+  bool blocking;      /* runs on a worker thread (tl_http_route_blocking) */
   tl__series_cache totals;    /* http_requests_total by method+status */
   tl__series_cache durations; /* http_request_duration_seconds by method */
   struct tl__route *next;     /* registration order */
@@ -170,6 +171,9 @@ struct tl_http_req {
   bool too_big;
   bool is_head;
   bool path_too_long;      /* `path` holds only a prefix; answered 414 */
+  bool suspended;          /* handed to a worker; MHD's threads leave it */
+  _Atomic bool handled;    /* the worker filled `res`: queue it */
+  struct tl_http_req *next_job; /* the workers' queue */
   char id[TL__HTTP_REQ_ID_MAX + 1];
   char trace_id[33];
   char traceparent[56];
@@ -256,6 +260,17 @@ struct tl_http_server {
   pthread_mutex_t checks_mu;
   tl__check **checks;
   size_t nchecks, checks_cap;
+
+  /* Workers for blocking routes: started with the server when any
+   * route is blocking. */
+  unsigned nworkers;
+  pthread_t *workers;
+  unsigned workers_started;
+  pthread_mutex_t jobs_mu;
+  pthread_cond_t jobs_cv;
+  struct tl_http_req *jobs_head, *jobs_tail; /* locks: jobs_mu */
+  bool jobs_closing;                         /* locks: jobs_mu */
+  bool any_blocking;
 
   char *version_body;       /* GET /version, built once */
   size_t version_len;

@@ -23,6 +23,8 @@
 #define DEFAULT_SHUTDOWN_TIMEOUT_US (25 * 1000000LL)
 #define DEFAULT_CONNECTION_TIMEOUT_S 30
 #define MAX_THREADS 1024
+#define MAX_WORKERS 4096
+#define DEFAULT_WORKERS 64
 
 static char *dup_or_null(const char *s)
 {
@@ -133,6 +135,9 @@ int tl_http_server_new(tl_http_server **out, const tl_http_config *cfg)
   if (c.threads > MAX_THREADS)
     return tl_error_set(TL_EINVAL, "HTTP_THREADS: %u is out of range [1, %d]", c.threads,
                         MAX_THREADS);
+  if (c.workers > MAX_WORKERS)
+    return tl_error_set(TL_EINVAL, "HTTP_WORKERS: %u is out of range [1, %d]", c.workers,
+                        MAX_WORKERS);
   if (c.max_body > MAX_MAX_BODY)
     return tl_error_set(TL_EINVAL, "HTTP_MAX_BODY: %zu is out of range [1, %zu]", c.max_body,
                         MAX_MAX_BODY);
@@ -148,6 +153,9 @@ int tl_http_server_new(tl_http_server **out, const tl_http_config *cfg)
     return tl_error_set(TL_ENOMEM, "http: out of memory");
   pthread_mutex_init(&srv->stop_mu, NULL);
   pthread_mutex_init(&srv->checks_mu, NULL);
+  pthread_mutex_init(&srv->jobs_mu, NULL);
+  pthread_cond_init(&srv->jobs_cv, NULL);
+  srv->nworkers = c.workers ? c.workers : DEFAULT_WORKERS;
   memcpy(srv->addr, addr, sizeof addr);
   srv->ipv6 = ipv6;
   /* With a config, port 0 means any free port; without one, 8080. */
@@ -189,8 +197,8 @@ int tl_http_server_new(tl_http_server **out, const tl_http_config *cfg)
   return 0;
 }
 
-int tl_http_route(tl_http_server *srv, const char *method, const char *pattern,
-                  tl_http_handler handler, void *ctx)
+static int add_route(tl_http_server *srv, const char *method, const char *pattern,
+                     tl_http_handler handler, void *ctx, bool blocking)
 {
   if (!srv)
     return tl_error_set(TL_EINVAL, "http: NULL server");
@@ -199,9 +207,24 @@ int tl_http_route(tl_http_server *srv, const char *method, const char *pattern,
                         method ? method : "", pattern ? pattern : "");
   tl__route *rt = NULL;
   int rc = tl__router_add(srv->router, method, pattern, handler, ctx, &rt);
-  if (rc == 0)
+  if (rc == 0) {
     rt->quiet = route_is_probe(pattern);
+    rt->blocking = blocking;
+    srv->any_blocking |= blocking;
+  }
   return rc;
+}
+
+int tl_http_route(tl_http_server *srv, const char *method, const char *pattern,
+                  tl_http_handler handler, void *ctx)
+{
+  return add_route(srv, method, pattern, handler, ctx, false);
+}
+
+int tl_http_route_blocking(tl_http_server *srv, const char *method, const char *pattern,
+                           tl_http_handler handler, void *ctx)
+{
+  return add_route(srv, method, pattern, handler, ctx, true);
 }
 
 /* ---- the request's life in MHD ---- */
@@ -293,7 +316,130 @@ static void decode_error(tl_http_res *res, const tl__route *rt, unsigned i, long
                       why == -2 ? "'%00' is not allowed" : "invalid percent-encoding");
 }
 
-/* Run what the match decided and queue the response. */
+/* Decode the path parameters and run the route's handler into req->res. */
+static void run_handler(tl_http_req *req)
+{
+  tl_http_res *res = &req->res;
+  const tl__match *m = &req->match;
+  const tl__route *rt = m->route;
+  bool ok = true;
+  for (unsigned i = 0; i < m->nparams && ok; i++) {
+    char *v = tl__arena_alloc(&req->arena, m->params[i].n + 1);
+    long n = v ? tl__pct_decode(m->params[i].p, m->params[i].n, v) : -1;
+    if (!v) {
+      tl_http_res_problem(res, 500, "internal error; see logs with request_id %s", req->id);
+      ok = false;
+    } else if (n < 0) {
+      decode_error(res, rt, i, n);
+      ok = false;
+    }
+    req->params[i] = v;
+  }
+  if (!ok)
+    return;
+  tl_error_clear();
+  int rc = rt->handler(req, res, rt->ctx);
+  if (rc < 0 && !res->is_problem) {
+    tl_log(TL_LOG_ERROR, "http handler failed", TL_F_STR("route", rt->pattern),
+           TL_F_STR("method", req->method), TL_F_STR("status", tl_status_name(rc)),
+           TL_F_STR("error", tl_error_last()));
+    tl__res_reset(res);
+    tl_http_res_problem(res, 500, "internal error; see logs with request_id %s", req->id);
+  }
+}
+
+/* Queue the response a handler (or the server) filled in. */
+static enum MHD_Result queue(tl_http_req *req)
+{
+  tl_log_context_set(req->id, req->trace_id);
+  enum MHD_Result ret = tl__res_queue(req) == MHD_YES ? MHD_YES : MHD_NO;
+  tl_log_context_set(NULL, NULL);
+  return ret;
+}
+
+/* A blocking route's request: set the connection aside and give it to
+ * the workers. False when there are none running (then it runs here). */
+static bool hand_to_worker(tl_http_req *req)
+{
+  tl_http_server *srv = req->srv;
+  pthread_mutex_lock(&srv->jobs_mu);
+  bool ok = srv->workers_started > 0 && !srv->jobs_closing;
+  if (ok) {
+    MHD_suspend_connection(req->conn);
+    req->suspended = true;
+    req->next_job = NULL;
+    if (srv->jobs_tail)
+      srv->jobs_tail->next_job = req;
+    else
+      srv->jobs_head = req;
+    srv->jobs_tail = req;
+    pthread_cond_signal(&srv->jobs_cv);
+  }
+  pthread_mutex_unlock(&srv->jobs_mu);
+  return ok;
+}
+
+/* A worker: run handlers of blocking routes until the server stops and
+ * the queue is empty, and give each connection back to MHD. */
+static void *worker_main(void *arg)
+{
+  tl_http_server *srv = arg;
+  pthread_mutex_lock(&srv->jobs_mu);
+  for (;;) {
+    while (!srv->jobs_head && !srv->jobs_closing)
+      pthread_cond_wait(&srv->jobs_cv, &srv->jobs_mu);
+    tl_http_req *req = srv->jobs_head;
+    if (!req)
+      break;
+    srv->jobs_head = req->next_job;
+    if (!srv->jobs_head)
+      srv->jobs_tail = NULL;
+    pthread_mutex_unlock(&srv->jobs_mu);
+    tl_log_context_set(req->id, req->trace_id);
+    run_handler(req);
+    tl_log_context_set(NULL, NULL);
+    atomic_store(&req->handled, true);
+    MHD_resume_connection(req->conn); /* MHD calls access_cb again: queue() */
+    pthread_mutex_lock(&srv->jobs_mu);
+  }
+  pthread_mutex_unlock(&srv->jobs_mu);
+  return NULL;
+}
+
+static void workers_start(tl_http_server *srv)
+{
+  if (!srv->any_blocking)
+    return;
+  srv->workers = calloc(srv->nworkers, sizeof *srv->workers);
+  for (unsigned i = 0; srv->workers && i < srv->nworkers; i++) {
+    if (pthread_create(&srv->workers[i], NULL, worker_main, srv) != 0)
+      break;
+    pthread_mutex_lock(&srv->jobs_mu);
+    srv->workers_started++;
+    pthread_mutex_unlock(&srv->jobs_mu);
+  }
+  if (srv->workers_started < srv->nworkers)
+    tl_log(TL_LOG_WARN, "http: fewer workers for blocking routes than configured",
+           TL_F_INT("started", srv->workers_started), TL_F_INT("configured", srv->nworkers));
+}
+
+/* Let the workers finish what is queued, then join them. */
+static void workers_stop(tl_http_server *srv)
+{
+  pthread_mutex_lock(&srv->jobs_mu);
+  srv->jobs_closing = true;
+  pthread_cond_broadcast(&srv->jobs_cv);
+  unsigned n = srv->workers_started;
+  pthread_mutex_unlock(&srv->jobs_mu);
+  for (unsigned i = 0; i < n; i++)
+    pthread_join(srv->workers[i], NULL);
+  free(srv->workers);
+  srv->workers = NULL;
+  srv->workers_started = 0;
+}
+
+/* Answer what the match decided: run the handler here, or hand a
+ * blocking one to a worker (the response is queued when it comes back). */
 static enum MHD_Result dispatch(tl_http_req *req)
 {
   tl_http_server *srv = req->srv;
@@ -301,34 +447,13 @@ static enum MHD_Result dispatch(tl_http_req *req)
   tl__match *m = &req->match;
   tl_log_context_set(req->id, req->trace_id);
   switch (m->kind) {
-  case TL__MATCH_FOUND: {
-    const tl__route *rt = m->route;
-    bool ok = true;
-    for (unsigned i = 0; i < m->nparams && ok; i++) {
-      char *v = tl__arena_alloc(&req->arena, m->params[i].n + 1);
-      long n = v ? tl__pct_decode(m->params[i].p, m->params[i].n, v) : -1;
-      if (!v) {
-        tl_http_res_problem(res, 500, "internal error; see logs with request_id %s", req->id);
-        ok = false;
-      } else if (n < 0) {
-        decode_error(res, rt, i, n);
-        ok = false;
-      }
-      req->params[i] = v;
+  case TL__MATCH_FOUND:
+    if (m->route->blocking && hand_to_worker(req)) {
+      tl_log_context_set(NULL, NULL);
+      return MHD_YES;
     }
-    if (!ok)
-      break;
-    tl_error_clear();
-    int rc = rt->handler(req, res, rt->ctx);
-    if (rc < 0 && !res->is_problem) {
-      tl_log(TL_LOG_ERROR, "http handler failed", TL_F_STR("route", rt->pattern),
-             TL_F_STR("method", req->method), TL_F_STR("status", tl_status_name(rc)),
-             TL_F_STR("error", tl_error_last()));
-      tl__res_reset(res);
-      tl_http_res_problem(res, 500, "internal error; see logs with request_id %s", req->id);
-    }
+    run_handler(req);
     break;
-  }
   case TL__MATCH_METHOD: {
     char allow[TL__HTTP_ALLOW_MAX];
     tl__router_allow(srv->router, m->allow, allow, sizeof allow);
@@ -351,9 +476,7 @@ static enum MHD_Result dispatch(tl_http_req *req)
     tl_http_res_problem(res, 414, "the path is longer than %d bytes", TL__HTTP_MAX_PATH);
     break;
   }
-  enum MHD_Result ret = tl__res_queue(req) == MHD_YES ? MHD_YES : MHD_NO;
-  tl_log_context_set(NULL, NULL);
-  return ret;
+  return queue(req);
 }
 
 static enum MHD_Result reply_too_big(tl_http_req *req)
@@ -419,6 +542,8 @@ static enum MHD_Result access_cb(void *cls, struct MHD_Connection *conn, const c
     return start(req, method);
   if (req->responded)
     return MHD_YES;
+  if (req->suspended) /* back from a worker, or woken early: wait for it */
+    return atomic_load(&req->handled) ? queue(req) : MHD_YES;
   tl_http_server *srv = req->srv;
   size_t n = *upload_data_size;
   if (n) {
@@ -546,6 +671,8 @@ int tl_http_server_start(tl_http_server *srv)
   struct sockaddr_storage ss;
   fill_sockaddr(srv, srv->port_cfg, &ss);
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+  if (srv->any_blocking)
+    flags |= MHD_ALLOW_SUSPEND_RESUME;
   flags |= MHD_is_feature_supported(MHD_FEATURE_EPOLL) == MHD_YES ? MHD_USE_EPOLL : MHD_USE_AUTO;
   if (srv->ipv6) {
     static const uint8_t any6[16] = { 0 };
@@ -575,6 +702,7 @@ int tl_http_server_start(tl_http_server *srv)
   }
   const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
   srv->port = info && info->port ? info->port : srv->port_cfg;
+  workers_start(srv);
   atomic_store(&srv->state, TL__SRV_RUNNING);
   pthread_mutex_unlock(&srv->stop_mu);
   return 0;
@@ -609,6 +737,9 @@ int tl_http_server_stop(tl_http_server *srv)
   while (atomic_load(&srv->in_flight) > 0 && tl_time_mono_us() < deadline)
     tl_sleep_us(5000);
   long cut = atomic_load(&srv->in_flight);
+  /* Handlers still running on workers finish and give their connections
+   * back: MHD cannot stop with connections set aside. */
+  workers_stop(srv);
   /* Closes every connection, idle keep-alive ones included, and waits for
    * handlers still running. */
   MHD_stop_daemon(srv->daemon);
@@ -644,5 +775,7 @@ void tl_http_server_free(tl_http_server *srv)
   free(srv->version_body);
   pthread_mutex_destroy(&srv->stop_mu);
   pthread_mutex_destroy(&srv->checks_mu);
+  pthread_mutex_destroy(&srv->jobs_mu);
+  pthread_cond_destroy(&srv->jobs_cv);
   free(srv);
 }

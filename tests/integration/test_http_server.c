@@ -10,6 +10,8 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -301,12 +303,14 @@ static uint16_t g_port;
 static char g_log_path[64];
 static int g_log_fd = -1;
 
-static tl_http_server *start_server(tl_metrics *reg, int64_t shutdown_timeout_us)
+static tl_http_server *start_server_with(tl_metrics *reg, int64_t shutdown_timeout_us,
+                                         unsigned threads, unsigned workers)
 {
   tl_http_config cfg = {
     .bind = "127.0.0.1",
     .port = 0,
-    .threads = 4,
+    .threads = threads,
+    .workers = workers,
     .metrics = reg,
     .version = "1.2.3",
     .commit = "abc123",
@@ -317,6 +321,11 @@ static tl_http_server *start_server(tl_metrics *reg, int64_t shutdown_timeout_us
   if (tl_http_server_new(&srv, &cfg) != 0)
     fail_msg("new: %s", tl_error_last());
   return srv;
+}
+
+static tl_http_server *start_server(tl_metrics *reg, int64_t shutdown_timeout_us)
+{
+  return start_server_with(reg, shutdown_timeout_us, 4, 0);
 }
 
 static void must(int rc)
@@ -900,6 +909,7 @@ static void test_readiness(void **state)
 
 typedef struct slow_call {
   uint16_t port;
+  const char *path; /* [/sleep] */
   resp r;
 } slow_call;
 
@@ -907,7 +917,8 @@ static void *do_slow(void *arg)
 {
   slow_call *s = arg;
   int fd = tcp_connect(s->port);
-  const char *req = "GET /sleep HTTP/1.1\r\nHost: x\r\n\r\n";
+  char req[128];
+  snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", s->path ? s->path : "/sleep");
   send_all(fd, req, strlen(req));
   conn_buf *b = calloc(1, sizeof *b);
   if (!read_response(fd, b, false, &s->r))
@@ -987,6 +998,313 @@ static void test_stop_timeout(void **state)
   tl_metrics_free(reg);
 }
 
+/* ---- blocking routes ---- */
+
+/* Everything a blocking handler sees, sent back in headers, and the body
+ * as it came. */
+static int h_blocking_echo(tl_http_req *req, tl_http_res *res, void *ctx)
+{
+  size_t len;
+  const char *body = tl_http_req_body(req, &len);
+  const char *q = tl_http_req_query(req, "q"), *custom = tl_http_req_header(req, "x-custom");
+  const char *log_id = tl_log_context_request_id();
+  tl_http_res_status(res, 201);
+  int rc = tl_http_res_header(res, "X-Id", tl_http_req_param(req, "id"));
+  if (rc == 0)
+    rc = tl_http_res_header(res, "X-Q", q ? q : "(none)");
+  if (rc == 0)
+    rc = tl_http_res_header(res, "X-Custom-Seen", custom ? custom : "(none)");
+  if (rc == 0)
+    rc = tl_http_res_header(res, "X-Route", tl_http_req_route(req));
+  if (rc == 0)
+    rc = tl_http_res_header(res, "X-Method", tl_http_req_method(req));
+  if (rc == 0)
+    rc = tl_http_res_header(res, "X-Log-Request-Id", log_id && *log_id ? log_id : "(none)");
+  if (rc == 0)
+    rc = tl_http_res_body(res, body, len, "application/octet-stream");
+  return rc;
+}
+
+static int h_blocking_fail(tl_http_req *req, tl_http_res *res, void *ctx)
+{
+  return tl_error_set(TL_EIO, "secret worker detail");
+}
+
+static int h_blocking_problem(tl_http_req *req, tl_http_res *res, void *ctx)
+{
+  tl_http_res_problem(res, 409, "stream '%s' is taken", tl_http_req_param(req, "id"));
+  return TL_ECONFLICT;
+}
+
+static int h_blocking_nothing(tl_http_req *req, tl_http_res *res, void *ctx) { return 0; }
+
+/* A blocking handler that waits at a gate the test opens (20 s at most,
+ * so that a failed test does not hang). */
+typedef struct gate {
+  atomic_int started, finished;
+  atomic_bool open;
+} gate;
+
+static int h_gated(tl_http_req *req, tl_http_res *res, void *ctx)
+{
+  gate *g = ctx;
+  atomic_fetch_add(&g->started, 1);
+  for (int i = 0; i < 20000 && !atomic_load(&g->open); i++)
+    tl_sleep_us(1000);
+  atomic_fetch_add(&g->finished, 1);
+  return tl_http_res_json(res, 200, "{\"slow\":true}", 13);
+}
+
+static int h_gate_state(tl_http_req *req, tl_http_res *res, void *ctx)
+{
+  gate *g = ctx;
+  return tl_http_res_json_t(res, 200,
+                            json_pack("{s:i, s:i}", "started", atomic_load(&g->started),
+                                      "finished", atomic_load(&g->finished)));
+}
+
+/* Up to 10 s for `n` handlers to be waiting at the gate. */
+static bool gate_reached(gate *g, int n)
+{
+  for (int i = 0; i < 10000 && atomic_load(&g->started) < n; i++)
+    tl_sleep_us(1000);
+  return atomic_load(&g->started) >= n;
+}
+
+/* Whether a line of the test's log holds all of `needles`. */
+static bool log_has(const char *a, const char *b, const char *c)
+{
+  FILE *f = fopen(g_log_path, "r");
+  assert_non_null(f);
+  char line[4096];
+  bool found = false;
+  while (!found && fgets(line, sizeof line, f))
+    found = strstr(line, a) && strstr(line, b) && strstr(line, c);
+  fclose(f);
+  return found;
+}
+
+/* A server with the blocking routes above, /slow at a gate of its own,
+ * and the inline routes /quick and /gate. On the heap: when a test fails
+ * the clients still write into it. */
+typedef struct blocking_fixture {
+  tl_metrics *reg;
+  tl_http_server *srv;
+  uint16_t port;
+  gate g;
+  slow_call slow[8];
+  pthread_t th[8];
+} blocking_fixture;
+
+static blocking_fixture *blocking_server(unsigned threads, unsigned workers,
+                                         int64_t shutdown_timeout_us)
+{
+  blocking_fixture *f = calloc(1, sizeof *f);
+  assert_int_equal(tl_metrics_new(&f->reg), 0);
+  f->srv = start_server_with(f->reg, shutdown_timeout_us, threads, workers);
+  must(tl_http_route_blocking(f->srv, "POST", "/blocking/{id}", h_blocking_echo, NULL));
+  must(tl_http_route_blocking(f->srv, "GET", "/blocking/{id}", h_blocking_echo, NULL));
+  must(tl_http_route_blocking(f->srv, "GET", "/blocking-fail", h_blocking_fail, NULL));
+  must(tl_http_route_blocking(f->srv, "GET", "/blocking-problem/{id}", h_blocking_problem, NULL));
+  must(tl_http_route_blocking(f->srv, "GET", "/blocking-nothing", h_blocking_nothing, NULL));
+  must(tl_http_route_blocking(f->srv, "GET", "/slow", h_gated, &f->g));
+  must(tl_http_route(f->srv, "GET", "/quick", h_small, NULL));
+  must(tl_http_route(f->srv, "GET", "/gate", h_gate_state, &f->g));
+  must(tl_http_server_start(f->srv));
+  f->port = tl_http_server_port(f->srv);
+  return f;
+}
+
+static void blocking_server_free(blocking_fixture *f)
+{
+  tl_http_server_free(f->srv);
+  tl_metrics_free(f->reg);
+  free(f);
+}
+
+/* `n` concurrent GET /slow, each on a connection of its own; returns when
+ * all of their handlers wait at the gate. */
+static void start_slow(blocking_fixture *f, int n)
+{
+  for (int i = 0; i < n; i++) {
+    f->slow[i] = (slow_call){ .port = f->port, .path = "/slow" };
+    pthread_create(&f->th[i], NULL, do_slow, &f->slow[i]);
+  }
+  bool all_waiting = gate_reached(&f->g, n);
+  if (!all_waiting)
+    atomic_store(&f->g.open, true);
+  assert_true(all_waiting);
+}
+
+/* Every /slow request was answered whole (with "Connection: close" when
+ * the server was stopping). */
+static void join_slow(blocking_fixture *f, int n, bool stopping)
+{
+  for (int i = 0; i < n; i++)
+    pthread_join(f->th[i], NULL);
+  for (int i = 0; i < n; i++) {
+    assert_int_equal(f->slow[i].r.status, 200);
+    assert_string_equal(f->slow[i].r.body, "{\"slow\":true}");
+    const char *c = hdr(&f->slow[i].r, "Connection");
+    assert_true(stopping ? c && strcasecmp(c, "close") == 0 : !c);
+    resp_free(&f->slow[i].r);
+  }
+  assert_int_equal(atomic_load(&f->g.finished), n);
+}
+
+static void test_blocking_route_request_and_response(void **state)
+{
+  blocking_fixture *f = blocking_server(2, 4, 0);
+  /* A body of every byte value, larger than one read. */
+  size_t len = 200 * 1024;
+  char *body = malloc(len);
+  for (size_t i = 0; i < len; i++)
+    body[i] = (char)(i * 7 % 256);
+  resp r = request(f->port, "POST", "/blocking/a%20b?x=1&q=x%26y",
+                   "X-Custom: hello\r\nx-request-id: blk-echo-1\r\n", body, len);
+  assert_int_equal(r.status, 201);
+  assert_string_equal(hdr(&r, "X-Id"), "a b");
+  assert_string_equal(hdr(&r, "X-Q"), "x&y");
+  assert_string_equal(hdr(&r, "X-Custom-Seen"), "hello");
+  assert_string_equal(hdr(&r, "X-Route"), "/blocking/{id}");
+  assert_string_equal(hdr(&r, "X-Method"), "POST");
+  assert_string_equal(hdr(&r, "X-Log-Request-Id"), "blk-echo-1"); /* the worker logs for it */
+  assert_string_equal(hdr(&r, "x-request-id"), "blk-echo-1");
+  assert_string_equal(hdr(&r, "Content-Type"), "application/octet-stream");
+  assert_int_equal(r.body_len, len);
+  assert_memory_equal(r.body, body, len);
+  resp_free(&r);
+  free(body);
+
+  /* A connection set aside for a worker is given back whole: keep-alive
+   * goes on with blocking and inline routes in turn. */
+  int fd = tcp_connect(f->port);
+  conn_buf *b = calloc(1, sizeof *b);
+  const char *paths[] = { "/blocking/k1", "/quick", "/blocking/k2", "/blocking/k3" };
+  for (size_t i = 0; i < 4; i++) {
+    char req[128];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", paths[i]);
+    assert_true(send_all(fd, req, (size_t)n));
+    assert_true(read_response(fd, b, false, &r));
+    if (strcmp(paths[i], "/quick") == 0) {
+      assert_int_equal(r.status, 200);
+      assert_string_equal(r.body, "hello");
+    } else {
+      assert_int_equal(r.status, 201);
+      assert_string_equal(hdr(&r, "X-Id"), paths[i] + strlen("/blocking/"));
+      assert_string_equal(hdr(&r, "X-Q"), "(none)");
+      assert_int_equal(r.body_len, 0);
+    }
+    resp_free(&r);
+  }
+  free(b);
+  close(fd);
+  blocking_server_free(f);
+}
+
+static void test_blocking_handler_errors(void **state)
+{
+  blocking_fixture *f = blocking_server(2, 4, 0);
+  /* A negative status: 500 as for inline routes, the detail in the log
+   * (with the request's id), not in the answer. */
+  resp r = get(f->port, "/blocking-fail", "x-request-id: blk-fail-1\r\n");
+  json_t *j = expect_problem(&r, 500);
+  assert_string_equal(jstr(j, "detail"), "internal error; see logs with request_id blk-fail-1");
+  assert_null(strstr(r.body, "secret"));
+  json_decref(j);
+  resp_free(&r);
+  assert_true(log_has("\"request_id\":\"blk-fail-1\"", "\"level\":\"error\"",
+                      "secret worker detail"));
+
+  /* A problem the handler set itself stays, whatever it returns. */
+  r = get(f->port, "/blocking-problem/s-9", NULL);
+  j = expect_problem(&r, 409);
+  assert_string_equal(jstr(j, "detail"), "stream 's-9' is taken");
+  assert_string_equal(jstr(j, "instance"), "/blocking-problem/s-9");
+  json_decref(j);
+  resp_free(&r);
+
+  /* Nothing set: 204. */
+  r = get(f->port, "/blocking-nothing", NULL);
+  assert_int_equal(r.status, 204);
+  assert_int_equal(r.body_len, 0);
+  resp_free(&r);
+  blocking_server_free(f);
+}
+
+/* One thread serves connections while eight workers wait in blocking
+ * handlers: the quick route answers while all eight wait (they wait
+ * until it has answered), and then the eight complete. */
+static void test_blocking_leaves_quick_routes_free(void **state)
+{
+  blocking_fixture *f = blocking_server(1, 8, 0);
+  start_slow(f, 8);
+  resp r = get(f->port, "/gate", NULL);
+  atomic_store(&f->g.open, true);
+  assert_int_equal(r.status, 200);
+  json_t *j = body_json(&r);
+  assert_int_equal(json_integer_value(json_object_get(j, "started")), 8);
+  assert_int_equal(json_integer_value(json_object_get(j, "finished")), 0);
+  json_decref(j);
+  resp_free(&r);
+  join_slow(f, 8, false);
+  blocking_server_free(f);
+}
+
+/* Opens the gate once the server is stopping: a keep-alive connection
+ * made before the stop is answered "Connection: close" from then on. */
+typedef struct gate_opener {
+  int fd;
+  conn_buf *b;
+  gate *g;
+  bool saw_close;
+} gate_opener;
+
+static void *open_gate_when_stopping(void *arg)
+{
+  gate_opener *o = arg;
+  const char *req = "GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (int i = 0; i < 2000 && !o->saw_close; i++) {
+    resp r;
+    if (!send_all(o->fd, req, strlen(req)) || !read_response(o->fd, o->b, false, &r))
+      break;
+    const char *c = hdr(&r, "Connection");
+    o->saw_close = c && strcasecmp(c, "close") == 0;
+    resp_free(&r);
+    if (!o->saw_close)
+      tl_sleep_us(5000);
+  }
+  atomic_store(&o->g->open, true);
+  return NULL;
+}
+
+/* A stop while blocking handlers run lets them finish and answer. */
+static void test_stop_lets_blocking_requests_finish(void **state)
+{
+  blocking_fixture *f = blocking_server(2, 4, 20000000);
+  gate_opener o = { .fd = tcp_connect(f->port), .b = calloc(1, sizeof(conn_buf)), .g = &f->g };
+  const char *req = "GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+  assert_true(send_all(o.fd, req, strlen(req)));
+  resp r;
+  assert_true(read_response(o.fd, o.b, false, &r));
+  assert_null(hdr(&r, "Connection"));
+  resp_free(&r);
+  start_slow(f, 4);
+  /* The handlers still wait when the stop begins: the gate opens only
+   * once the server says it is stopping. */
+  pthread_t opener;
+  pthread_create(&opener, NULL, open_gate_when_stopping, &o);
+  int rc = tl_http_server_stop(f->srv);
+  pthread_join(opener, NULL);
+  if (rc != 0) /* TL_ETIMEOUT after the 20 s shutdown timeout */
+    fail_msg("stop: %s", tl_error_last());
+  assert_true(o.saw_close);
+  join_slow(f, 4, true);
+  close(o.fd);
+  free(o.b);
+  blocking_server_free(f);
+}
+
 /* ---- configuration and start-up errors ---- */
 
 static void test_config_and_bind_errors(void **state)
@@ -999,6 +1317,9 @@ static void test_config_and_bind_errors(void **state)
   cfg = (tl_http_config){ .threads = 2000 };
   assert_int_equal(tl_http_server_new(&srv, &cfg), TL_EINVAL);
   assert_non_null(strstr(tl_error_last(), "HTTP_THREADS"));
+  cfg = (tl_http_config){ .workers = 5000 };
+  assert_int_equal(tl_http_server_new(&srv, &cfg), TL_EINVAL);
+  assert_string_equal(tl_error_last(), "HTTP_WORKERS: 5000 is out of range [1, 4096]");
   cfg = (tl_http_config){ .shutdown_timeout_us = -1 };
   assert_int_equal(tl_http_server_new(&srv, &cfg), TL_EINVAL);
   assert_non_null(strstr(tl_error_last(), "SHUTDOWN_TIMEOUT"));
@@ -1011,6 +1332,7 @@ static void test_config_and_bind_errors(void **state)
   assert_non_null(strstr(tl_error_last(), "empty parameter name"));
   must(tl_http_server_start(a));
   assert_int_equal(tl_http_route(a, "GET", "/late", h_small, NULL), TL_EINVAL);
+  assert_int_equal(tl_http_route_blocking(a, "GET", "/late", h_small, NULL), TL_EINVAL);
   assert_int_equal(tl_http_server_start(a), TL_EINVAL);
 
   tl_http_config busy = { .bind = "127.0.0.1", .port = tl_http_server_port(a), .metrics = reg };
@@ -1075,6 +1397,10 @@ int main(void)
     cmocka_unit_test(test_readiness),
     cmocka_unit_test(test_graceful_stop),
     cmocka_unit_test(test_stop_timeout),
+    cmocka_unit_test(test_blocking_route_request_and_response),
+    cmocka_unit_test(test_blocking_handler_errors),
+    cmocka_unit_test(test_blocking_leaves_quick_routes_free),
+    cmocka_unit_test(test_stop_lets_blocking_requests_finish),
     cmocka_unit_test(test_config_and_bind_errors),
     cmocka_unit_test(test_ipv6_loopback),
   };
