@@ -405,23 +405,29 @@ static int openapi(tl_http_req *req, tl_http_res *res, void *ctx)
 
 typedef enum access { OPEN, READ, WRITE } access;
 
+/* Handlers that wait on the database run on the server's workers
+ * (HTTP_WORKERS): many writes wait together and share commits. A GET of
+ * one user is served by the HTTP threads, usually from the cache. */
+typedef enum runs { INLINE, BLOCKING } runs;
+
 typedef struct route {
   const char *method, *pattern;
   tl_http_handler fn;
   access access;
+  runs runs;
 } route;
 
 static const route routes[] = {
-  { "POST", "/api/v1/users", create_user, WRITE },
-  { "GET", "/api/v1/users", list_users, READ },
-  { "GET", "/api/v1/users/{id}", get_user, READ },
-  { "PATCH", "/api/v1/users/{id}", patch_user, WRITE },
-  { "DELETE", "/api/v1/users/{id}", delete_user, WRITE },
-  { "GET", "/api/v1/users/{id}/events", user_events, READ },
-  { "GET", "/api/v1/jobs", list_jobs, WRITE },
-  { "POST", "/api/v1/jobs/{id}/retry", retry_job, WRITE },
-  { "POST", "/api/v1/admin/projections/users/rebuild", rebuild_users, WRITE },
-  { "GET", "/openapi.json", openapi, OPEN },
+  { "POST", "/api/v1/users", create_user, WRITE, BLOCKING },
+  { "GET", "/api/v1/users", list_users, READ, BLOCKING },
+  { "GET", "/api/v1/users/{id}", get_user, READ, INLINE },
+  { "PATCH", "/api/v1/users/{id}", patch_user, WRITE, BLOCKING },
+  { "DELETE", "/api/v1/users/{id}", delete_user, WRITE, BLOCKING },
+  { "GET", "/api/v1/users/{id}/events", user_events, READ, BLOCKING },
+  { "GET", "/api/v1/jobs", list_jobs, WRITE, BLOCKING },
+  { "POST", "/api/v1/jobs/{id}/retry", retry_job, WRITE, BLOCKING },
+  { "POST", "/api/v1/admin/projections/users/rebuild", rebuild_users, WRITE, BLOCKING },
+  { "GET", "/openapi.json", openapi, OPEN, INLINE },
 };
 
 /* Credentials first: writes and admin routes always, reads unless
@@ -445,7 +451,8 @@ int api_routes(app *a)
   A = a;
   int rc = 0;
   for (size_t i = 0; i < sizeof routes / sizeof routes[0] && rc == 0; i++)
-    rc = tl_http_route(a->http, routes[i].method, routes[i].pattern, guarded, (void *)&routes[i]);
+    rc = (routes[i].runs == BLOCKING ? tl_http_route_blocking : tl_http_route)(
+        a->http, routes[i].method, routes[i].pattern, guarded, (void *)&routes[i]);
   return rc;
 }
 

@@ -26,6 +26,7 @@ typedef struct app {
   settings s;
   tl_db *db;
   tl_es *es;
+  tl_aggregate_group *group; /* NULL: GROUP_COMMIT=false */
   tl_mq *mq;
   tl_jobs *jobs;
   tl_command_bus *commands;

@@ -90,6 +90,9 @@ static int start(app *a)
   if (rc == 0) rc = tl_db_connect(&a->db, &s->db);
   if (rc == 0) rc = users_migrate(a->db);
   if (rc == 0) rc = tl_es_open(&a->es, &(tl_es_config){ .db = a->db });
+  if (rc == 0 && s->group_commit)
+    rc = tl_aggregate_group_new(a->es, &(tl_aggregate_group_config){
+                                    .max_batch = (size_t)s->group_commit_max_batch }, &a->group);
   if (rc == 0) rc = tl_command_bus_new(&a->commands, &(tl_cqrs_config){ .db = a->db });
   if (rc == 0) rc = tl_command_bus_use_defaults(a->commands);
   if (rc == 0) rc = tl_query_bus_new(&a->queries, NULL);
@@ -121,6 +124,7 @@ static int start(app *a)
     .bind = s->http_bind,
     .port = (uint16_t)s->http_port,
     .threads = (unsigned)s->http_threads,
+    .workers = (unsigned)s->http_workers,
     .max_body = (size_t)s->http_max_body,
     .shutdown_timeout_us = s->shutdown_timeout_us,
     .version = tl_version(),
@@ -161,6 +165,7 @@ static void stop(app *a)
   tl_http_server_free(a->http);
   tl_command_bus_free(a->commands);
   tl_query_bus_free(a->queries);
+  tl_aggregate_group_free(a->group);
   tl_es_close(a->es);
   tl_cache_close(a->cache);
   tl_db_close(a->db);

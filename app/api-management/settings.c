@@ -29,6 +29,7 @@ int settings_read(settings *s, tl_config *cfg)
   report(tl_config_string(cfg, "HTTP_BIND", "0.0.0.0", &s->http_bind), &problems);
   report(tl_config_int(cfg, "HTTP_PORT", 8080, 0, 65535, &s->http_port), &problems);
   report(tl_config_int(cfg, "HTTP_THREADS", 2 * cores, 1, 1024, &s->http_threads), &problems);
+  report(tl_config_int(cfg, "HTTP_WORKERS", 64, 1, 4096, &s->http_workers), &problems);
   report(tl_config_int(cfg, "HTTP_MAX_BODY", 1 << 20, 1, 1 << 30, &s->http_max_body), &problems);
   report(tl_config_duration(cfg, "SHUTDOWN_DELAY", 0, &s->shutdown_delay_us), &problems);
   report(tl_config_duration(cfg, "SHUTDOWN_TIMEOUT", 25000000, &s->shutdown_timeout_us),
@@ -52,6 +53,9 @@ int settings_read(settings *s, tl_config *cfg)
   report(tl_jobs_config_from(cfg, &s->jobs), &problems);
   report(tl_cache_config_from(cfg, &s->cache), &problems);
   report(tl_config_bool(cfg, "USERS_CACHE", true, &s->users_cache), &problems);
+  report(tl_config_bool(cfg, "GROUP_COMMIT", true, &s->group_commit), &problems);
+  report(tl_config_int(cfg, "GROUP_COMMIT_MAX_BATCH", 64, 1, 1024, &s->group_commit_max_batch),
+         &problems);
 
   size_t nkeys = 0;
   report(tl_config_list(cfg, "API_KEYS", "", &s->api_keys, &nkeys), &problems);

@@ -13,6 +13,7 @@ typedef struct settings {
   const char *http_bind;
   int64_t http_port;
   int64_t http_threads;
+  int64_t http_workers;
   int64_t http_max_body;
   int64_t shutdown_delay_us;
   int64_t shutdown_timeout_us;
@@ -29,6 +30,10 @@ typedef struct settings {
   tl_cache_config cache;
   /* USERS_CACHE: read users through the cache (CACHE_URL). */
   bool users_cache;
+  /* GROUP_COMMIT: concurrent user commands share transactions, up to
+   * GROUP_COMMIT_MAX_BATCH each. */
+  bool group_commit;
+  int64_t group_commit_max_batch;
   /* API_KEYS: comma-separated keys accepted as "Authorization: Bearer
    * <key>" or "X-API-Key: <key>" (empty: a development key is made and
    * logged at start-up). API_PUBLIC_READS: GETs need no key. */

@@ -347,6 +347,85 @@ static int reserve_emails(tl_tx *tx, const json_t *st, const tl_event *ev, size_
   return 0;
 }
 
+/* reserve_emails for a group commit's batch: on PostgreSQL one DELETE
+ * (addresses given up) and one INSERT for the whole batch; a decision
+ * whose address is taken is refused, the others stay. Elsewhere, or when
+ * a user has two decisions in the batch, one decision at a time (the
+ * first refusal ends the call: the batch runs again without it). */
+static int reserve_emails_batch(tl_tx *tx, tl_aggregate_tx_item *it, size_t n, void *ctx)
+{
+  bool one_by_one = tl_db_dialect_of(the_users.a->db) != TL_DB_POSTGRES;
+  for (size_t i = 0; i < n && !one_by_one; i++)
+    for (size_t j = 0; j < i && !one_by_one; j++)
+      one_by_one = strcmp(it[i].stream, it[j].stream) == 0;
+  if (one_by_one) {
+    for (size_t i = 0; i < n; i++) {
+      int rc = reserve_emails(tx, it[i].state, it[i].events, it[i].n, ctx);
+      if (rc) {
+        it[i].rc = rc;
+        snprintf(it[i].error, sizeof it[i].error, "%s", tl_error_last());
+        break;
+      }
+    }
+    return 0;
+  }
+  json_t *drops = json_array(), *adds = json_array();
+  const char **email_of = calloc(n, sizeof *email_of);
+  json_t **data = calloc(n, sizeof *data);
+  int rc = drops && adds && email_of && data ? 0 : tl_error_set(TL_ENOMEM, "out of memory");
+  for (size_t i = 0; i < n && rc == 0; i++) {
+    const char *user = strchr(it[i].stream, '-') + 1;
+    for (size_t e = 0; e < it[i].n; e++) {
+      const char *t = it[i].events[e].event_type;
+      if (!strcmp(t, "EmailChanged") || !strcmp(t, "UserDeactivated"))
+        json_array_append_new(drops, json_string(user));
+      if (!strcmp(t, "UserCreated") || !strcmp(t, "EmailChanged")) {
+        json_decref(data[i]);
+        data[i] = json_loads(it[i].events[e].data, 0, NULL);
+        email_of[i] = str(data[i], "email");
+      }
+    }
+    if (email_of[i])
+      json_array_append_new(adds, json_pack("{s:s, s:s}", "email", email_of[i], "user_id", user));
+  }
+  char *dtext = rc ? NULL : json_dumps(drops, JSON_COMPACT);
+  char *atext = rc ? NULL : json_dumps(adds, JSON_COMPACT);
+  if (rc == 0 && json_array_size(drops))
+    rc = tl_tx_exec(tx, NULL, "DELETE FROM user_emails WHERE user_id IN "
+                              "(SELECT json_array_elements_text($1::json))", TL_ARGS(tl_text(dtext)));
+  tl_rows *r = NULL;
+  if (rc == 0 && json_array_size(adds))
+    rc = tl_tx_query(tx, &r, "INSERT INTO user_emails (email, user_id) SELECT x.email, x.user_id "
+                             "FROM json_to_recordset($1::json) AS x (email text, user_id text) "
+                             "ON CONFLICT DO NOTHING RETURNING user_id", TL_ARGS(tl_text(atext)));
+  /* Who got an address: the others are refused. */
+  bool *got = calloc(n ? n : 1, sizeof *got);
+  if (rc == 0 && !got) rc = tl_error_set(TL_ENOMEM, "out of memory");
+  while (rc == 0 && r && (rc = tl_rows_next(r)) == 1) {
+    const char *user;
+    size_t len;
+    rc = tl_rows_text(r, 0, &user, &len);
+    for (size_t i = 0; i < n && rc == 0; i++)
+      if (strcmp(strchr(it[i].stream, '-') + 1, user) == 0) got[i] = true;
+  }
+  tl_rows_free(r);
+  for (size_t i = 0; i < n && rc == 0; i++)
+    if (email_of[i] && !got[i]) {
+      it[i].rc = TL_ECONSTRAINT;
+      snprintf(it[i].error, sizeof it[i].error, "field 'email': '%.80s' is already in use",
+               email_of[i]);
+    }
+  for (size_t i = 0; i < n && data; i++) json_decref(data[i]);
+  free(got);
+  free(data);
+  free(email_of);
+  free(dtext);
+  free(atext);
+  json_decref(drops);
+  json_decref(adds);
+  return rc;
+}
+
 /* Metadata of the events a request causes: its request id as the
  * correlation id, and its trace (a child span of the caller's, or a new
  * trace) so the relay, the subscribers and the jobs log the same trace id. */
@@ -382,9 +461,11 @@ static int execute(const char *id, const json_t *cmd, tl_aggregate_decide decide
   char *meta = request_metadata();
   json_t *st = NULL, *ev = json_object_get(cmd, "expected_version");
   int64_t v = 0;
-  tl_aggregate_exec_opts o = { .metadata = meta, .in_tx = reserve_emails, .state_out = &st,
+  tl_aggregate_exec_opts o = { .metadata = meta, .in_tx = reserve_emails,
+                               .in_tx_batch = reserve_emails_batch, .state_out = &st,
                                .has_expected = ev != NULL, .new_stream = new_stream,
-                               .expected_version = json_integer_value(ev) };
+                               .expected_version = json_integer_value(ev),
+                               .group = the_users.a->group };
   int rc = tl_aggregate_execute_opts(the_users.a->es, &user_def, stream, cmd, decide, (void *)id,
                                      &o, &v);
   free(meta);

@@ -13,7 +13,9 @@
  *                           USERS_CACHE=false: every GET reads the database;
  *  - get_user_<db>:         the same with the users cache on (the default);
  *  - create_user_<db>:      POST /api/v1/users, a new email every request (a
- *                           Lua script: run tag, wrk thread, counter).
+ *                           Lua script: run tag, wrk thread, counter);
+ *  - create_user_nogroup_<db>: the same with GROUP_COMMIT=false, so the
+ *                           run shows what group commit brings.
  * Each gives req/s, p50 and p99. After each service run the program waits
  * until the service is idle (a POST leaves work behind: the projection, the
  * relay, the welcome-email job), so that work does not eat into the next
@@ -44,7 +46,7 @@
 #define READY_TIMEOUT_US 10000000
 #define GET_TARGET_RATIO 0.5
 #define POST_TARGET_PG 5000.0
-#define NCASES 6
+#define NCASES 8
 #define CACHE_URL "memory://?max_bytes=64MiB"
 
 /* wrk's Lua: POST the path of the URL with a new email every request.
@@ -70,8 +72,9 @@ static const char create_user_lua[] =
 /* One database the service runs on. */
 typedef struct target {
   const char *db;         /* "sqlite", "pg": the cases' suffix */
-  const char *name;       /* the service's name with and without the users cache */
-  const char *name_nocache;
+  const char *name;       /* the service's names: as configured by default, */
+  const char *name_nocache; /* without the users cache, */
+  const char *name_nogroup; /* without group commit */
   const char *url;        /* DATABASE_URL */
   char durability[256];   /* in words, for the conditions */
   hl_server api;
@@ -92,6 +95,7 @@ typedef struct outcome {
   char name[64];
   bool post;
   bool pg;
+  bool target; /* the case the POST target is about */
   bench_result r[3]; /* req/s, p50, p99 */
 } outcome;
 
@@ -140,23 +144,29 @@ static long thread_count(pid_t pid)
 }
 
 /* The cases of one database, in the order they run. */
-typedef enum kind { GET_NOCACHE, GET, POST } kind;
+typedef enum kind { GET_NOCACHE, GET, POST, POST_NOGROUP } kind;
 
 static int compare(target *t, kind k)
 {
-  static const char *const names[] = {"get_user_nocache", "get_user", "create_user"};
+  static const char *const names[] = {"get_user_nocache", "get_user", "create_user",
+                                      "create_user_nogroup"};
   static const char *const what[] = {
       "GET /api/v1/users/{id} of an existing user, USERS_CACHE=false (every GET reads the read "
       "model)",
       "GET /api/v1/users/{id} of an existing user, USERS_CACHE=true (the default: in-process "
       "cache, CACHE_URL=" CACHE_URL ")",
-      "POST /api/v1/users, a new email per request (wrk Lua), USERS_CACHE=true (the default)"};
+      "POST /api/v1/users, a new email per request (wrk Lua), USERS_CACHE=true (the default), "
+      "GROUP_COMMIT=true (the default: concurrent creates share a transaction, up to 64, 4 "
+      "at once)",
+      "POST /api/v1/users, a new email per request (wrk Lua), USERS_CACHE=true, "
+      "GROUP_COMMIT=false (a transaction per create)"};
   char name[64], conditions[1200];
-  bool post = k == POST;
+  bool post = k == POST || k == POST_NOGROUP;
   const char *path = post ? "/api/v1/users" : t->user_path;
   snprintf(name, sizeof name, "%s_%s", names[k], t->db);
   snprintf(conditions, sizeof conditions,
-           "%s; api-management HTTP_THREADS=%ld (2 x cores, its default; %ld threads in all), "
+           "%s; api-management HTTP_THREADS=%ld (2 x cores, its default) and HTTP_WORKERS=64 "
+           "(its default: writes and list queries run there; %ld threads in all), "
            "DATABASE_URL %s, MESSAGE_QUEUE_TYPE=memory, other settings default (pool of 10, "
            "relay on, a durable welcome-email job per user), LOG_LEVEL=warn; nginx "
            "worker_processes %ld, `return 200` with the service's %zu-byte body; wrk -t%d -c%d "
@@ -183,6 +193,7 @@ static int compare(target *t, kind k)
   snprintf(o->name, sizeof o->name, "%s", name);
   o->post = post;
   o->pg = strcmp(t->db, "pg") == 0;
+  o->target = k == POST && o->pg;
   noutcomes++;
   if (post)
     fprintf(stderr, "bench_service: %s: the service was busy up to %.1f s after a run\n", name,
@@ -229,8 +240,8 @@ static int seed(target *t)
 }
 
 /* Start the service on t's database, with the users cache or without,
- * and wait until it is idle. */
-static int start_service(target *t, bool cache)
+ * with group commit or without, and wait until it is idle. */
+static int start_service(target *t, bool cache, bool group)
 {
   char db_env[600], threads_env[48], keys_env[64];
   snprintf(db_env, sizeof db_env, "DATABASE_URL=%s", t->url);
@@ -239,8 +250,8 @@ static int start_service(target *t, bool cache)
   const char *env[] = {db_env, threads_env, keys_env, cache ? "USERS_CACHE=true"
                                                             : "USERS_CACHE=false",
                        "CACHE_URL=" CACHE_URL, "MESSAGE_QUEUE_TYPE=memory", "LOG_LEVEL=warn",
-                       NULL};
-  t->api.name = cache ? t->name : t->name_nocache;
+                       group ? "GROUP_COMMIT=true" : "GROUP_COMMIT=false", NULL};
+  t->api.name = !cache ? t->name_nocache : group ? t->name : t->name_nogroup;
   fprintf(stderr, "bench_service: %s on %s\n", t->api.name, t->durability);
   if (hl_start_service(&t->api, service_bin, NULL, env) != 0)
     return -1;
@@ -257,20 +268,23 @@ static int run_target(target *t)
 {
   static char again[HL_MAX_BODY];
   int rc = -1;
-  if (start_service(t, false) != 0 || seed(t) != 0)
+  if (start_service(t, false, true) != 0 || seed(t) != 0)
     goto out;
   hl_route routes[] = {{t->user_path, t->user}, {"/api/v1/users", t->created}};
   if (hl_start_nginx(&nginx, (int)cores, routes, 2) != 0 || compare(t, GET_NOCACHE) != 0)
     goto out;
   hl_stop(&t->api);
-  if (start_service(t, true) != 0 || fetch_user(t, again, sizeof again) != 0)
+  if (start_service(t, true, true) != 0 || fetch_user(t, again, sizeof again) != 0)
     goto out;
   if (strcmp(again, t->user) != 0) {
     fprintf(stderr, "bench_service: %s answers GET %s with other bytes than before:\n%s\n%s\n",
             t->api.name, t->user_path, again, t->user);
     goto out;
   }
-  if (compare(t, GET) == 0 && compare(t, POST) == 0)
+  if (compare(t, GET) != 0 || compare(t, POST) != 0)
+    goto out;
+  hl_stop(&t->api);
+  if (start_service(t, true, false) == 0 && compare(t, POST_NOGROUP) == 0)
     rc = 0;
 out:
   hl_stop(&nginx);
@@ -322,7 +336,7 @@ static void print_summary(void)
     if (!o->post)
       snprintf(goal, sizeof goal, ">= %.1f x nginx: %s", GET_TARGET_RATIO,
                verdict(o->r[0].ratio >= GET_TARGET_RATIO));
-    else if (o->pg)
+    else if (o->target)
       snprintf(goal, sizeof goal, ">= %.0f req/s: %s", POST_TARGET_PG,
                verdict(o->r[0].ours >= POST_TARGET_PG));
     printf("%-24s %10.0f %10.2f %10.2f %12.0f %7.3f  %s\n", o->name, o->r[0].ours,
@@ -349,10 +363,12 @@ int main(int argc, char **argv)
   static target sqlite = {.db = "sqlite",
                           .name = "api-management-sqlite",
                           .name_nocache = "api-management-sqlite-nocache",
+                          .name_nogroup = "api-management-sqlite-nogroup",
                           .url = "sqlite://data/api-management.db"};
   static target pg = {.db = "pg",
                       .name = "api-management-pg",
-                      .name_nocache = "api-management-pg-nocache"};
+                      .name_nocache = "api-management-pg-nocache",
+                      .name_nogroup = "api-management-pg-nogroup"};
   char pg_base[512], pg_url[600], pg_name[64];
   uint8_t rnd[16];
   int rc = 0;

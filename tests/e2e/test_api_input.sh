@@ -102,8 +102,28 @@ expect_eq "the list" 200 "$(api svc GET '/api/v1/users?limit=100')"
 expect_eq "one user has that email" 1 "$(body_field '[.items[] | select(.email == "idem@example.com")] | length')"
 expect_eq "the other body created nothing" 0 "$(body_field '[.items[] | select(.email == "other@example.com")] | length')"
 
+# A client that retries while its first try still runs (8 at once, one
+# key): every try answers the one user the first created, none gets 409
+# for the email the first one took, and one user exists.
+racers=()
+for i in 1 2 3 4 5 6 7 8; do
+  curl -s -o "$WORK/race.$i" -w '%{http_code}\n' --max-time 30 -X POST \
+    -H "Authorization: Bearer $API_KEY" -H 'Idempotency-Key: race-1' \
+    -d '{"name":"Race","email":"race@example.com"}' \
+    "http://127.0.0.1:${INST_PORT[svc]}/api/v1/users" >"$WORK/race.$i.status" &
+  racers+=($!)
+done
+wait "${racers[@]}"
+expect_eq "concurrent tries with one key: all 201" "201 201 201 201 201 201 201 201" \
+  "$(cat "$WORK"/race.[1-8].status | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "and all answer the same user" 1 "$(jq -r .id "$WORK"/race.[1-8] | sort -u | wc -l)"
+expect_eq "the list" 200 "$(api svc GET '/api/v1/users?limit=100')"
+expect_eq "one user has that email" 1 "$(body_field '[.items[] | select(.email == "race@example.com")] | length')"
+
 # Keyset pagination walks every user once.
 for i in $(seq 1 7); do api svc POST /api/v1/users -d "{\"name\":\"P$i\",\"email\":\"p$i@example.com\"}" >/dev/null; done
+api svc GET '/api/v1/users?limit=100' >/dev/null
+users=$(body_field '.items | length')
 seen=""; cursor=""
 for _ in $(seq 1 20); do
   api svc GET "/api/v1/users?limit=3${cursor:+&cursor=$cursor}" >/dev/null
@@ -112,7 +132,8 @@ for _ in $(seq 1 20); do
   [ -z "$cursor" ] && break
 done
 total=$(echo "$seen" | wc -w)
-expect_eq "pages cover 10 users" 10 "$total"
+expect_eq "pages of 3 cover the $users users of one page of 100" "$users" "$total"
+expect_eq "which are the 11 created" 11 "$users"
 expect_eq "no user twice across pages" "$total" "$(echo "$seen" | tr ' ' '\n' | grep . | sort -u | wc -l)"
 
 # The OpenAPI document is served and matches the routes, both ways.

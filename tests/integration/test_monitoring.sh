@@ -332,6 +332,7 @@ cqrs: 3 CreateUser commands ok|trellis_cqrs_calls_total{bus="command",name="Crea
 cqrs: 1 CreateUser refused|sum without (outcome) (trellis_cqrs_calls_total{bus="command",name="CreateUser",outcome!="ok"})|bus,name|v == 1
 cqrs: GetUser queries ok|trellis_cqrs_calls_total{bus="query",name="GetUser",outcome="ok"}|bus,name,outcome|v >= 12
 cqrs: CreateUser calls timed|trellis_cqrs_call_duration_seconds_count{bus="command",name="CreateUser"}|bus,name|v == 4
+cqrs: the 3 users committed through group commit|trellis_cqrs_group_commit_batch_size_sum||v == 3
 EOF
 
 # The rules loaded into the server evaluate without errors, and the
