@@ -1,6 +1,7 @@
 /* Group commit of aggregate decisions: the same scenarios on every SQL
  * backend. A program includes this header, opens an event store on a
- * database of its own and calls cg_run(db, es, "name"). Each scenario
+ * database of its own and calls cg_run(db, es, "name"), or, for a server,
+ * returns cg_main_on_server(...). Each scenario
  * makes its own table, cg_<scenario>, and streams "<scenario>-<n>".
  *
  * Most scenarios are reservations: every decision creates a new stream
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <cmocka.h>
 #include <jansson.h>
 
@@ -28,6 +30,8 @@
 #include <trellis/db.h>
 #include <trellis/eventstore.h>
 #include <trellis/metrics.h>
+
+#include "support.h"
 
 #pragma GCC diagnostic ignored "-Wunused-function"
 
@@ -549,6 +553,31 @@ static int cg_run(tl_db *db, tl_es *es, const char *name)
     cmocka_unit_test(cg_whole_batch_failure),
   };
   return _cmocka_run_group_tests(name, tests, sizeof tests / sizeof tests[0], NULL, NULL);
+}
+
+/* The whole program for a server (PostgreSQL, MariaDB): the scenarios in
+ * a database of the run's own, on the server scripts/services gives as
+ * `key`. The process's exit status. */
+static inline int cg_main_on_server(const char *key, const char *service, const char *suite)
+{
+  tl_log_set_level(TL_LOG_ERROR);
+  char base[512], name[64], url[600];
+  tl_test_service_url(key, service, base, sizeof base);
+  snprintf(name, sizeof name, "trellis_cqrs_%d", (int)getpid());
+  if (tl_test_make_database(base, name, url, sizeof url) != 0)
+    return 1;
+  tl_db *db = NULL;
+  tl_es *es = NULL;
+  tl_db_config dc = { .url = url, .max_connections = 8, .acquire_timeout_us = 30000000 };
+  int failed = 1;
+  if (tl_db_connect(&db, &dc) != 0 || tl_es_open(&es, &(tl_es_config){ .db = db }) != 0)
+    fprintf(stderr, "setup: %s\n", tl_error_last());
+  else
+    failed = cg_run(db, es, suite);
+  tl_es_close(es);
+  tl_db_close(db);
+  tl_test_drop_database(base, name);
+  return failed ? 1 : 0;
 }
 
 #endif

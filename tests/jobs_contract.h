@@ -71,44 +71,6 @@ static int64_t jc_scalar(tl_db *db, const char *sql)
   return v;
 }
 
-/* Make a scratch database named `name` on the server of `base` (a
- * postgres or mysql URL) and write its URL to `out`. */
-static int jc_make_database(const char *base, const char *name, char *out, size_t size)
-{
-  tl_db *db;
-  tl_db_config c = { .url = base, .max_connections = 1 };
-  if (tl_db_connect(&db, &c) != 0) {
-    fprintf(stderr, "connect %s: %s\n", base, tl_error_last());
-    return -1;
-  }
-  char sql[256];
-  snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s", name);
-  tl_db_exec(db, NULL, sql, TL_NOARGS);
-  snprintf(sql, sizeof sql, "CREATE DATABASE %s", name);
-  int rc = tl_db_exec(db, NULL, sql, TL_NOARGS);
-  if (rc)
-    fprintf(stderr, "%s: %s\n", sql, tl_error_last());
-  tl_db_close(db);
-  const char *slash = strrchr(base, '/');
-  const char *q = strchr(slash, '?');
-  snprintf(out, size, "%.*s/%s%s", (int)(slash - base), base, name, q ? q : "");
-  return rc ? -1 : 0;
-}
-
-static void jc_drop_database(const char *base, const char *name)
-{
-  tl_db *db;
-  tl_db_config c = { .url = base, .max_connections = 1 };
-  if (tl_db_connect(&db, &c) != 0)
-    return;
-  char sql[256];
-  snprintf(sql, sizeof sql, tl_db_dialect_of(db) == TL_DB_POSTGRES
-                                ? "DROP DATABASE IF EXISTS %s WITH (FORCE)"
-                                : "DROP DATABASE IF EXISTS %s", name);
-  tl_db_exec(db, NULL, sql, TL_NOARGS);
-  tl_db_close(db);
-}
-
 /* A durable executor on jc_db with the fake clock (or the wall clock). */
 static tl_jobs *jc_open(unsigned workers, bool paused, bool fake)
 {
@@ -1050,12 +1012,12 @@ static int jc_server_main(int argc, char **argv, const char *key, const char *se
   char base[512], name[64], group[80];
   tl_test_service_url(key, service, base, sizeof base);
   snprintf(name, sizeof name, "trellis_jobs_%d", (int)getpid());
-  if (jc_make_database(base, name, jc_url, sizeof jc_url) != 0)
+  if (tl_test_make_database(base, name, jc_url, sizeof jc_url) != 0)
     return 1;
   int failed = jc_run(suite);
   snprintf(group, sizeof group, "%s_processes", suite);
   failed += _cmocka_run_group_tests(group, faults, nfaults, jc_group_setup, jc_group_teardown);
-  jc_drop_database(base, name);
+  tl_test_drop_database(base, name);
   return failed;
 }
 

@@ -236,7 +236,8 @@ typedef struct tl_aggregate_exec_opts {
    * (their version, position and id filled), for writes that must commit
    * with them or not at all (a uniqueness reservation, an outbox row).
    * `state` is the state before the events. A non-zero return rolls the
-   * whole append back and is returned without a retry; TL_ECONFLICT (a
+   * whole append back and is returned without a retry (but TL_ERETRY, a
+   * deadlock or serialization failure, runs it all again); TL_ECONFLICT (a
    * unique key of its own) becomes TL_ECONSTRAINT so that it is not taken
    * for a version conflict. [NULL: the
    * append runs alone, one round trip where the store allows] */

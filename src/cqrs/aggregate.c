@@ -151,10 +151,11 @@ static int append(tl_es *es, const char *stream, int64_t v, tl_aggregate_emit *e
     return tl_es_append_to(es, stream, v, em->ev, em->n);
   } else {
     append_job j = { es, stream, v, em, state, o, false };
-    /* One attempt: a version conflict goes back to the decide loop, and
-     * in_tx's own errors are the caller's to judge. */
-    tl_tx_opts topts = { .max_attempts = 1 };
-    rc = tl_db_transact(tl_es_db(es), append_fn, &j, &topts);
+    /* A version conflict goes back to the decide loop, and in_tx's own
+     * errors are the caller's; a deadlock or serialization failure (on
+     * MariaDB, appends that meet on the position counter) rolled it all
+     * back and runs again. */
+    rc = tl_db_transact(tl_es_db(es), append_fn, &j, NULL);
     in_tx_failed = j.in_tx_failed;
   }
   if (rc == TL_ECONFLICT && in_tx_failed) {
