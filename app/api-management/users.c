@@ -318,6 +318,14 @@ static int decide_deactivate(const json_t *st, int64_t version, const json_t *cm
   return tl_aggregate_emit_event(em, "UserDeactivated", json_object());
 }
 
+/* What an event does to the user's reserved address: gives up the one it
+ * had (drop) and/or takes the one in its data (add). */
+static void email_effect(const char *type, bool *drop, bool *add)
+{
+  *add = !strcmp(type, "UserCreated") || !strcmp(type, "EmailChanged");
+  *drop = !strcmp(type, "EmailChanged") || !strcmp(type, "UserDeactivated");
+}
+
 /* In the append's transaction: keep user_emails in step with the events,
  * so that an address taken by another active user fails the whole
  * command. */
@@ -326,9 +334,8 @@ static int reserve_emails(tl_tx *tx, const json_t *st, const tl_event *ev, size_
   (void)ctx;
   const char *user = strchr(ev[0].aggregate_id, '-') + 1;
   for (size_t i = 0; i < n; i++) {
-    const char *t = ev[i].event_type;
-    bool add = !strcmp(t, "UserCreated") || !strcmp(t, "EmailChanged");
-    bool drop = !strcmp(t, "EmailChanged") || !strcmp(t, "UserDeactivated");
+    bool add, drop;
+    email_effect(ev[i].event_type, &drop, &add);
     int rc = 0;
     if (drop)
       rc = tl_tx_exec(tx, NULL, "DELETE FROM user_emails WHERE user_id = $1", TL_ARGS(tl_text(user)));
@@ -376,10 +383,11 @@ static int reserve_emails_batch(tl_tx *tx, tl_aggregate_tx_item *it, size_t n, v
   for (size_t i = 0; i < n && rc == 0; i++) {
     const char *user = strchr(it[i].stream, '-') + 1;
     for (size_t e = 0; e < it[i].n; e++) {
-      const char *t = it[i].events[e].event_type;
-      if (!strcmp(t, "EmailChanged") || !strcmp(t, "UserDeactivated"))
+      bool add, drop;
+      email_effect(it[i].events[e].event_type, &drop, &add);
+      if (drop)
         json_array_append_new(drops, json_string(user));
-      if (!strcmp(t, "UserCreated") || !strcmp(t, "EmailChanged")) {
+      if (add) {
         json_decref(data[i]);
         data[i] = json_loads(it[i].events[e].data, 0, NULL);
         email_of[i] = str(data[i], "email");

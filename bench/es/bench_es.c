@@ -105,6 +105,8 @@ int bes_plain_table(bes_db *d, const char *table)
 typedef struct bcase {
   bes_db *d;
   int writers, per_call, streams;
+  bool batch;        /* ours: per_call new streams of one event each, one
+                        tl_es_append_batch_tx in a transaction */
   long events;       /* per round, all writers */
   char plain_sql[MAX_PER_CALL * 64 + 256];
 } bcase;
@@ -114,9 +116,46 @@ typedef struct wctx {
   int id;
   bool baseline;
   int rc;
+  char error[256]; /* the writer thread's message when rc is set */
 } wctx;
 
 static _Atomic long bench_seq, plain_version;
+
+typedef struct batch_call {
+  tl_es *es;
+  tl_es_append_req *reqs;
+  size_t n;
+} batch_call;
+
+/* Runs again after a deadlock or serialization failure, as group commit
+ * does. */
+static int batch_fn(tl_tx *tx, void *ctx)
+{
+  batch_call *b = ctx;
+  int rc = tl_es_append_batch_tx(b->es, tx, b->reqs, b->n);
+  for (size_t k = 0; k < b->n && rc == 0; k++)
+    if (b->reqs[k].rc) rc = tl_error_set(b->reqs[k].rc, "%s", b->reqs[k].error);
+  return rc;
+}
+
+/* One call of a batch case: per_call new streams, one event each, in one
+ * transaction (a group commit's batch). */
+static int append_batch(bcase *c, int id)
+{
+  tl_event ev[MAX_PER_CALL];
+  tl_es_append_req reqs[MAX_PER_CALL];
+  char streams[MAX_PER_CALL][64];
+  for (int k = 0; k < c->per_call; k++) {
+    snprintf(streams[k], sizeof streams[k], "b%dn-%d-%ld", (int)getpid(), id,
+             atomic_fetch_add(&bench_seq, 1));
+    ev[k] = (tl_event){ .aggregate_id = streams[k], .event_type = "BenchHappened",
+                        .data = BES_DATA };
+    reqs[k] = (tl_es_append_req){ .stream = streams[k], .expected = TL_ES_NO_STREAM,
+                                  .events = &ev[k], .n = 1 };
+  }
+  batch_call b = { c->d->es, reqs, (size_t)c->per_call };
+  return tl_db_transact(c->d->db, batch_fn, &b, NULL);
+}
 
 static void *writer(void *arg)
 {
@@ -131,6 +170,10 @@ static void *writer(void *arg)
     long s = atomic_fetch_add(&bench_seq, 1) % c->streams;
     snprintf(stream, sizeof stream, "b%d%s-%d-%ld", (int)getpid(), w->baseline ? "b" : "o",
              w->id, s);
+    if (!w->baseline && c->batch) {
+      w->rc = append_batch(c, w->id);
+      continue;
+    }
     if (!w->baseline) {
       for (int k = 0; k < c->per_call; k++)
         ev[k] = (tl_event){ .aggregate_id = stream, .event_type = "BenchHappened", .data = BES_DATA };
@@ -155,6 +198,7 @@ static void *writer(void *arg)
     }
     w->rc = tl_db_exec(c->d->db, NULL, c->plain_sql, args, a);
   }
+  if (w->rc) snprintf(w->error, sizeof w->error, "%s", tl_error_last());
   return NULL;
 }
 
@@ -164,17 +208,17 @@ static double run_side(bcase *c, bool baseline)
   wctx w[8];
   uint64_t t0 = bench_now_ns();
   for (int i = 0; i < c->writers; i++) {
-    w[i] = (wctx){ c, i, baseline, 0 };
+    w[i] = (wctx){ c, i, baseline, 0, "" };
     pthread_create(&th[i], NULL, writer, &w[i]);
   }
-  int rc = 0;
+  const wctx *failed = NULL;
   for (int i = 0; i < c->writers; i++) {
     pthread_join(th[i], NULL);
-    if (w[i].rc) rc = w[i].rc;
+    if (w[i].rc && !failed) failed = &w[i];
   }
   double s = (double)(bench_now_ns() - t0) / 1e9;
-  if (rc) {
-    fprintf(stderr, "bench_es: %s\n", tl_error_last());
+  if (failed) {
+    fprintf(stderr, "bench_es: %s: %s\n", tl_status_name(failed->rc), failed->error);
     return -1;
   }
   return (double)(c->events / c->per_call / c->writers * c->per_call * c->writers) / s;
@@ -187,19 +231,24 @@ static int run_appends(bes_db *d)
 {
   if (bes_plain_table(d, "bench_es_plain")) return -1;
   /* Events per round: a round takes about a second. */
-  const struct { int writers, per_call, streams; long sqlite, server, quick; } cases[] = {
-    { 1, 1, 1, 20000, 4000, 100 },          { 8, 1, 1000, 20000, 16000, 400 },
-    { 1, 100, 1, 200000, 60000, 1000 },     { 8, 100, 1000, 200000, 80000, 1600 },
-    { 1, 1, 1000, 20000, 4000, 100 },
+  const struct { int writers, per_call, streams; bool batch; long sqlite, server, quick; } cases[] = {
+    { 1, 1, 1, false, 20000, 4000, 100 },       { 8, 1, 1000, false, 20000, 16000, 400 },
+    { 1, 100, 1, false, 200000, 60000, 1000 },  { 8, 100, 1000, false, 200000, 80000, 1600 },
+    { 1, 1, 1000, false, 20000, 4000, 100 },
+    { 1, 64, 64, true, 100000, 40000, 640 },    { 8, 64, 64, true, 100000, 60000, 1024 },
   };
   int rc = 0;
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    bcase c = { d, cases[i].writers, cases[i].per_call, cases[i].streams,
+    bcase c = { d, cases[i].writers, cases[i].per_call, cases[i].streams, cases[i].batch,
                 bench_size(d->dialect == TL_DB_SQLITE ? cases[i].sqlite : cases[i].server,
                            cases[i].quick), "" };
-    char cname[96], cond[400];
-    snprintf(cname, sizeof cname, "%s_append_%dper_%dw_%ds", d->name, c.per_call, c.writers,
-             c.streams);
+    char cname[96], cond[500];
+    if (c.batch)
+      snprintf(cname, sizeof cname, "%s_append_batch_%dstreams_%dw", d->name, c.per_call,
+               c.writers);
+    else
+      snprintf(cname, sizeof cname, "%s_append_%dper_%dw_%ds", d->name, c.per_call, c.writers,
+               c.streams);
     if (!bes_selected(cname)) continue;
     size_t len = (size_t)snprintf(c.plain_sql, sizeof c.plain_sql,
                                   "INSERT INTO bench_es_plain (" BES_PLAIN_COLS ") VALUES ");
@@ -210,10 +259,17 @@ static int run_appends(bes_db *d)
                                 col ? "," : "", k * 9 + col + 1);
       len += (size_t)snprintf(c.plain_sql + len, sizeof c.plain_sql - len, ")");
     }
-    snprintf(cond, sizeof cond, "%s; %d writer(s), %d event(s) per call, %d stream(s), expected "
-             "version any; baseline: one autocommit INSERT of the same rows per call into a copy "
-             "of the events table (same columns and indexes, no stream row)",
-             d->durability, c.writers, c.per_call, c.streams);
+    if (c.batch)
+      snprintf(cond, sizeof cond, "%s; %d writer(s); a call: tl_es_append_batch_tx of %d new "
+               "streams (expected no stream) with one event each, in BEGIN ... COMMIT; baseline: "
+               "one autocommit multi-row INSERT of the same %d rows into a copy of the events "
+               "table (same columns and indexes, no stream rows)",
+               d->durability, c.writers, c.per_call, c.per_call);
+    else
+      snprintf(cond, sizeof cond, "%s; %d writer(s), %d event(s) per call, %d stream(s), "
+               "expected version any; baseline: one autocommit INSERT of the same rows per call "
+               "into a copy of the events table (same columns and indexes, no stream row)",
+               d->durability, c.writers, c.per_call, c.streams);
     if (bench_compare1("es", cname, "events/s", false, "plain INSERT", cond, ours, &c, base, &c))
       rc = -1;
   }

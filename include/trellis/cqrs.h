@@ -194,13 +194,14 @@ int tl_aggregate_execute(tl_es *es, const tl_aggregate_def *def, const char *str
 typedef struct tl_aggregate_group tl_aggregate_group;
 
 typedef struct tl_aggregate_group_config {
-  size_t max_batch;      /* decisions per transaction [64] */
-  unsigned max_inflight; /* transactions at once (each holds a pool
-                            connection) [4] */
+  size_t max_batch;      /* decisions per transaction, up to 1024 [64] */
+  unsigned max_inflight; /* transactions at once, up to 64 (each holds a
+                            pool connection) [4] */
   tl_metrics *metrics;   /* trellis_cqrs_group_commit_batch_size [default] */
 } tl_aggregate_group_config;
 
-/* `cfg` may be NULL. Returns 0, TL_EINVAL or TL_ENOMEM. */
+/* `cfg` may be NULL. Returns 0, TL_EINVAL (no event store, or a field out
+ * of range, named) or TL_ENOMEM. */
 int tl_aggregate_group_new(tl_es *es, const tl_aggregate_group_config *cfg,
                            tl_aggregate_group **out);
 /* After every call that uses it has returned. NULL-safe. */

@@ -14,6 +14,8 @@
 #include "cqrs/cqrs_int.h"
 
 #define DEFAULT_MAX_BATCH 64
+#define MAX_BATCH 1024 /* a leader's list of items lives on its stack */
+#define MAX_INFLIGHT 64
 #define DEFAULT_MAX_INFLIGHT 4
 
 struct tl_aggregate_group {
@@ -32,6 +34,12 @@ int tl_aggregate_group_new(tl_es *es, const tl_aggregate_group_config *cfg,
   if (!es || !out) return tl_error_set(TL_EINVAL, "aggregate group: no event store");
   static const tl_aggregate_group_config none = { 0 };
   const tl_aggregate_group_config *c = cfg ? cfg : &none;
+  if (c->max_batch > MAX_BATCH)
+    return tl_error_set(TL_EINVAL, "aggregate group: max_batch %zu is out of range [1, %d]",
+                        c->max_batch, MAX_BATCH);
+  if (c->max_inflight > MAX_INFLIGHT)
+    return tl_error_set(TL_EINVAL, "aggregate group: max_inflight %u is out of range [1, %d]",
+                        c->max_inflight, MAX_INFLIGHT);
   tl_aggregate_group *g = calloc(1, sizeof *g);
   if (!g) return tl_error_set(TL_ENOMEM, "aggregate group: out of memory");
   g->es = es;
@@ -199,13 +207,7 @@ int tl__group_append(tl_aggregate_group *g, tl__group_item *it)
   if (g->tail) g->tail->next = it;
   else g->head = it;
   g->tail = it;
-  tl__group_item *stack[256], **items = stack;
-  size_t cap = sizeof stack / sizeof *stack;
-  if (g->max_batch > cap) {
-    items = malloc(g->max_batch * sizeof *items);
-    cap = items ? g->max_batch : cap;
-    if (!items) items = stack;
-  }
+  tl__group_item *items[MAX_BATCH];
   while (!it->done) {
     if (g->leaders >= g->max_inflight || !g->head) {
       pthread_cond_wait(&it->cv, &g->mu);
@@ -213,7 +215,7 @@ int tl__group_append(tl_aggregate_group *g, tl__group_item *it)
     }
     /* Lead: take the oldest appends. */
     size_t n = 0;
-    while (g->head && n < g->max_batch && n < cap) {
+    while (g->head && n < g->max_batch) {
       items[n++] = g->head;
       g->head = g->head->next;
     }
@@ -230,7 +232,6 @@ int tl__group_append(tl_aggregate_group *g, tl__group_item *it)
     if (g->head) pthread_cond_signal(&g->head->cv); /* the next leader */
   }
   pthread_mutex_unlock(&g->mu);
-  if (items != stack) free(items);
   pthread_cond_destroy(&it->cv);
   if (it->rc && !it->alone) tl_error_set(it->rc, "%s", it->req.error);
   return it->rc;

@@ -198,12 +198,26 @@ static const char *claim_sql(int64_t expected)
 /* MySQL/MariaDB: lock the stream row (an absent one: the insert decides).
  * The position counter is locked later, by insert_events(). (One joined
  * SELECT ... FOR UPDATE and one multi-table UPDATE instead measured
- * slower on MariaDB 10.11 than these single-table statements.) */
+ * slower on MariaDB 10.11 than these single-table statements.) Where the
+ * stream should be new, the insert comes first: a SELECT ... FOR UPDATE of
+ * an absent row locks the gap around it under REPEATABLE READ, and
+ * transactions that each create several streams (a group commit's
+ * batches) then deadlocked on each other's gaps at every try. */
 static int claim_mysql(tl_tx *tx, append_job *j, int64_t *old)
 {
-  int64_t n = (int64_t)j->n;
+  int64_t n = (int64_t)j->n, e = j->expected;
+  int rc;
+  if (e == TL_ES_NO_STREAM || e == 0) {
+    int64_t added = 0;
+    rc = tl_tx_exec(tx, &added, "INSERT IGNORE INTO trellis_es_streams (stream, version) "
+                    "VALUES ($1, $2)", TL_ARGS(tl_text(j->stream), tl_int(n)));
+    if (rc || added == 1) {
+      *old = 0;
+      return rc;
+    }
+  }
   tl_rows *r;
-  int rc = tl_tx_query(tx, &r, "SELECT version, deleted FROM trellis_es_streams WHERE stream = $1 FOR UPDATE",
+  rc = tl_tx_query(tx, &r, "SELECT version, deleted FROM trellis_es_streams WHERE stream = $1 FOR UPDATE",
                        TL_ARGS(tl_text(j->stream)));
   if (rc) return rc;
   int64_t version = 0, deleted = 0;
@@ -215,7 +229,6 @@ static int claim_mysql(tl_tx *tx, append_job *j, int64_t *old)
   tl_rows_free(r);
   if (has < 0) return has;
   if (deleted) return tl_error_set(TL_ESTATE, "append: stream '%s' is deleted", j->stream);
-  int64_t e = j->expected;
   bool ok = e == TL_ES_ANY || (e == TL_ES_EXISTS && version > 0) ||
             (e == TL_ES_NO_STREAM && version == 0) || version == e;
   if (!ok) {

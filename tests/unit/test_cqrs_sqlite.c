@@ -189,6 +189,51 @@ static void command_bus(void **state)
   tl_command_bus_free(cb);
 }
 
+static int decide_one(const json_t *st, int64_t v, const json_t *cmd, tl_aggregate_emit *em,
+                      void *ctx)
+{
+  (void)st, (void)v, (void)cmd;
+  (*(int *)ctx)++;
+  return tl_aggregate_emit_event(em, "Happened", json_object());
+}
+
+static int batch_counted(tl_tx *tx, tl_aggregate_tx_item *items, size_t n, void *ctx)
+{
+  (void)tx, (void)items, (void)n;
+  (*(int *)ctx)++;
+  return 0;
+}
+
+/* Bad arguments of group commit are refused, naming what is wrong. */
+static void group_bad_arguments(void **state)
+{
+  (void)state;
+  tl_aggregate_group *g = NULL;
+  assert_int_equal(tl_aggregate_group_new(NULL, NULL, &g), TL_EINVAL);
+  assert_int_equal(tl_aggregate_group_new(es, &(tl_aggregate_group_config){ .max_batch = 1025 },
+                                          &g), TL_EINVAL);
+  assert_non_null(strstr(tl_error_last(), "max_batch 1025 is out of range [1, 1024]"));
+  assert_int_equal(tl_aggregate_group_new(es, &(tl_aggregate_group_config){ .max_inflight = 65 },
+                                          &g), TL_EINVAL);
+  assert_non_null(strstr(tl_error_last(), "max_inflight 65 is out of range [1, 64]"));
+  assert_null(g);
+  /* in_tx_batch alone: a decision that runs alone would lose its writes. */
+  ok(tl_aggregate_group_new(es, NULL, &g), "group");
+  int decided = 0, batched = 0;
+  tl_aggregate_def def = { .apply = user_apply };
+  tl_aggregate_exec_opts o = { .group = g, .new_stream = true, .in_tx_batch = batch_counted,
+                               .in_tx_ctx = &batched };
+  assert_int_equal(tl_aggregate_execute_opts(es, &def, "badarg-1", NULL, decide_one, &decided, &o,
+                                             NULL), TL_EINVAL);
+  assert_non_null(strstr(tl_error_last(), "in_tx_batch needs in_tx"));
+  assert_int_equal(decided + batched, 0);
+  tl_event_list *l;
+  ok(tl_es_read_stream(es, "badarg-1", NULL, &l), "read");
+  assert_int_equal(l->count, 0);
+  tl_event_list_free(l);
+  tl_aggregate_group_free(g);
+}
+
 /* ---- idempotency keys under concurrency ---------------------------------- */
 
 /* A slow command: counts its runs, fails when told to. */
@@ -524,6 +569,7 @@ int main(void)
   const struct CMUnitTest tests[] = {
     cmocka_unit_test(command_bus),
     cmocka_unit_test(idempotency_concurrent),
+    cmocka_unit_test(group_bad_arguments),
     cmocka_unit_test(aggregate_retry_and_snapshots),
     cmocka_unit_test(aggregate_options),
     cmocka_unit_test(seed_user_example),
